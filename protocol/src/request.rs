@@ -1,0 +1,90 @@
+//! Protocol-neutral inference request and response, produced and consumed by both front ends.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Tensor;
+
+/// A request or response parameter value (`InferParameter` on gRPC, a JSON scalar on HTTP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Parameter {
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Double(f64),
+    String(String),
+}
+
+impl Parameter {
+    /// The value as a non-negative integer, whichever integer form it came in.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Parameter::Int(v) => u64::try_from(v).ok(),
+            Parameter::Uint(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Parameter::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+pub type Parameters = BTreeMap<String, Parameter>;
+
+/// Keys the protocol itself interprets; everything else is passed on to the model.
+pub const RESERVED_PARAMETERS: [&str; 7] = [
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+    "priority",
+    "timeout",
+    "headers",
+    "binary_data_output",
+];
+
+/// One output the client asked for.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RequestedOutput {
+    pub name: String,
+    /// `classification` extension: return the top `k` classes instead of the tensor.
+    pub classification: Option<u32>,
+    /// HTTP only: send this output in the binary section rather than as JSON.
+    pub binary: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InferRequest {
+    pub id: String,
+    pub parameters: Parameters,
+    pub inputs: Vec<Tensor>,
+    /// Empty means every output of the model.
+    pub outputs: Vec<RequestedOutput>,
+    /// HTTP only: binary form for outputs that are not listed in `outputs`.
+    pub binary_data_output: bool,
+}
+
+impl InferRequest {
+    /// Whether the output `name` goes out in binary (HTTP binary tensor extension rules: a listed
+    /// output follows its own `binary_data`; an unlisted one follows `binary_data_output`).
+    pub fn wants_binary(&self, name: &str) -> bool {
+        match self.outputs.iter().find(|o| o.name == name) {
+            Some(output) => output.binary,
+            None => self.binary_data_output,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub parameters: Parameters,
+    pub outputs: Vec<Tensor>,
+}
