@@ -15,16 +15,18 @@ use prost_reflect::{
 use crate::inference::{ModelConfig, FILE_DESCRIPTOR_SET};
 use crate::{Error, Result};
 
+fn descriptor_pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("embedded descriptor set decodes. This is a bug.")
+    })
+}
+
 fn model_config_descriptor() -> MessageDescriptor {
-    static DESCRIPTOR: OnceLock<MessageDescriptor> = OnceLock::new();
-    DESCRIPTOR
-        .get_or_init(|| {
-            let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)
-                .expect("embedded descriptor set decodes. This is a bug.");
-            pool.get_message_by_name("inference.ModelConfig")
-                .expect("descriptor set contains inference.ModelConfig. This is a bug.")
-        })
-        .clone()
+    descriptor_pool()
+        .get_message_by_name("inference.ModelConfig")
+        .expect("descriptor set contains inference.ModelConfig. This is a bug.")
 }
 
 /// Parses the protobuf text format of a `ModelConfig`. `origin` (usually the file path) prefixes
@@ -126,9 +128,18 @@ fn describe_text_error(text: &str, err: &prost_reflect::text_format::ParseError)
 
 /// Renders `config` in Triton's JSON form.
 pub fn to_json(config: &ModelConfig) -> String {
-    let message =
-        DynamicMessage::decode(model_config_descriptor(), config.encode_to_vec().as_slice())
-            .expect("a ModelConfig re-decodes against its own descriptor. This is a bug.");
+    message_to_json(config, "inference.ModelConfig")
+}
+
+/// Renders any message of package `inference` the way Triton renders its JSON payloads: proto
+/// field names, defaults printed (clients such as perf_analyzer read every counter), enums as
+/// strings and 64-bit integers as numbers.
+pub fn message_to_json<M: Message>(message: &M, full_name: &str) -> String {
+    let descriptor = descriptor_pool()
+        .get_message_by_name(full_name)
+        .unwrap_or_else(|| panic!("{full_name} is in the descriptor set. This is a bug."));
+    let message = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+        .expect("a message re-decodes against its own descriptor. This is a bug.");
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(false)
@@ -136,7 +147,7 @@ pub fn to_json(config: &ModelConfig) -> String {
     let mut out = serde_json::Serializer::new(Vec::new());
     message
         .serialize_with_options(&mut out, &options)
-        .expect("a ModelConfig serialises to JSON. This is a bug.");
+        .expect("a message serialises to JSON. This is a bug.");
     String::from_utf8(out.into_inner()).expect("serde_json writes UTF-8. This is a bug.")
 }
 

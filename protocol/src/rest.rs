@@ -56,11 +56,12 @@ struct OutputJson {
 
 /// Splits a body into its JSON header and binary tail according to `Inference-Header-Content-Length`.
 ///
-/// `header` is the raw header value, if present. A value of 0 means the whole body is one raw
-/// tensor, which the caller handles (it needs the model's only input); this returns `Ok(None)`.
-pub fn split_body(body: &Bytes, header: Option<&str>) -> Result<Option<(Bytes, Bytes)>> {
+/// `header` is the raw header value, if present; without it the whole body is JSON and the
+/// binary part is `None`. A value of 0 means the whole body is one raw tensor, which the caller
+/// handles (it needs the model's only input); this returns `Ok(None)`.
+pub fn split_body(body: &Bytes, header: Option<&str>) -> Result<Option<(Bytes, Option<Bytes>)>> {
     let Some(value) = header else {
-        return Ok(Some((body.clone(), Bytes::new())));
+        return Ok(Some((body.clone(), None)));
     };
     let length: i64 = value.trim().parse().map_err(|_| {
         Error::invalid_arg(format!(
@@ -79,7 +80,7 @@ pub fn split_body(body: &Bytes, header: Option<&str>) -> Result<Option<(Bytes, B
                 body.len()
             ))
         })?;
-    Ok(Some((body.slice(..length), body.slice(length..))))
+    Ok(Some((body.slice(..length), Some(body.slice(length..)))))
 }
 
 /// Rejects JSON nested deeper than [`MAX_JSON_DEPTH`] before it is parsed.
@@ -112,8 +113,9 @@ pub fn check_json_depth(json: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Parses a JSON inference request; `binary` holds the bytes that followed the JSON header.
-pub fn parse_request(json: &[u8], binary: Bytes, model_name: &str) -> Result<InferRequest> {
+/// Parses a JSON inference request. `binary` holds the bytes that followed the JSON header, or
+/// `None` when the request had no `Inference-Header-Content-Length` (a JSON-only body).
+pub fn parse_request(json: &[u8], binary: Option<Bytes>, model_name: &str) -> Result<InferRequest> {
     check_json_depth(json)?;
     let parsed: RequestJson<'_> = serde_json::from_slice(json)
         .map_err(|e| Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}")))?;
@@ -136,9 +138,11 @@ pub fn parse_request(json: &[u8], binary: Bytes, model_name: &str) -> Result<Inf
         }
     }
 
+    let framed = binary.is_some();
+    let binary = binary.unwrap_or_default();
     let mut offset = 0usize;
     for input in parsed.inputs {
-        let tensor = parse_input(input, &binary, &mut offset, model_name)?;
+        let tensor = parse_input(input, &binary, framed, &mut offset, model_name)?;
         request.inputs.push(tensor);
     }
     if offset != binary.len() {
@@ -162,6 +166,7 @@ pub fn parse_request(json: &[u8], binary: Bytes, model_name: &str) -> Result<Inf
 fn parse_input(
     input: InputJson<'_>,
     binary: &Bytes,
+    framed: bool,
     offset: &mut usize,
     model_name: &str,
 ) -> Result<Tensor> {
@@ -206,6 +211,9 @@ fn parse_input(
     }
 
     let data = if let Some(size) = binary_size {
+        if !framed {
+            return Err(Error::invalid_arg("must specify valid 'Infer-Header-Content-Length' in request header and 'binary_data_size' when passing inputs in binary data format"));
+        }
         let size = size
             .as_u64()
             .and_then(|s| usize::try_from(s).ok())
@@ -555,7 +563,7 @@ mod tests {
     use crate::encode_bytes_elements;
 
     fn parse(json: &str) -> Result<InferRequest> {
-        parse_request(json.as_bytes(), Bytes::new(), "m")
+        parse_request(json.as_bytes(), None, "m")
     }
 
     #[test]
@@ -647,12 +655,19 @@ mod tests {
         let body = Bytes::from(body);
         let header = json.len().to_string();
         let (head, tail) = split_body(&body, Some(&header)).unwrap().unwrap();
-        let r = parse_request(&head, tail.clone(), "m").unwrap();
+        let tail = tail.unwrap();
+        let r = parse_request(&head, Some(tail.clone()), "m").unwrap();
+        let err = parse_request(&head, None, "m").unwrap_err();
+        assert!(
+            err.message.contains("Infer-Header-Content-Length"),
+            "{}",
+            err.message
+        );
         assert_eq!(r.inputs[0].to_vec::<f32>(), vec![1.0, 2.0]);
         assert_eq!(r.inputs[1].data, encode_bytes_elements(["abc"]));
 
         // Truncated: one byte short.
-        let err = parse_request(&head, tail.slice(..tail.len() - 1), "m").unwrap_err();
+        let err = parse_request(&head, Some(tail.slice(..tail.len() - 1)), "m").unwrap_err();
         assert!(
             err.message
                 .contains("expecting 1 additional bytes for model 'm'"),
@@ -662,7 +677,7 @@ mod tests {
         // Leftover bytes.
         let mut long = tail.to_vec();
         long.push(0);
-        let err = parse_request(&head, Bytes::from(long), "m").unwrap_err();
+        let err = parse_request(&head, Some(Bytes::from(long)), "m").unwrap_err();
         assert_eq!(
             err.message,
             "unexpected additional input data for model 'm'"
@@ -684,7 +699,7 @@ mod tests {
         assert!(split_body(&body, Some("-3")).is_err());
         assert!(split_body(&body, Some("99999999999999")).is_err());
         let (head, tail) = split_body(&body, None).unwrap().unwrap();
-        assert_eq!((&head[..], tail.len()), (&b"{}"[..], 0));
+        assert_eq!((&head[..], tail), (&b"{}"[..], None));
     }
 
     #[test]

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs the tritonclient (Python) protocol-compatibility tests against Nereid.
+#
+#   bash clients/python/run-tests.sh [extra pytest args]
+#
+# Environment:
+#   NEREID_BIN       server binary (default: <repo root>/target/debug/nereid)
+#   PYTHON           interpreter used to create the venv (default: python3)
+#   NEREID_PYTHON_TESTS_REQUIRED=1
+#                    turn the "SKIPPED" cases below (no python3/venv, no
+#                    network for pip) into failures.
+#
+# Exit status: 0 when the tests pass or are skipped for a missing
+# prerequisite (a "SKIPPED: ..." line says why); non-zero when a test fails.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="$HERE/.venv"
+REQUIREMENTS="$HERE/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+PYTHON="${PYTHON:-python3}"
+
+skip() {
+    echo "SKIPPED: tritonclient compatibility tests: $*"
+    if [ "${NEREID_PYTHON_TESTS_REQUIRED:-0}" = "1" ]; then
+        echo "NEREID_PYTHON_TESTS_REQUIRED=1: treating the skip as a failure" >&2
+        exit 1
+    fi
+    exit 0
+}
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    skip "$PYTHON not found"
+fi
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1; then
+    skip "$("$PYTHON" --version 2>&1 || echo "$PYTHON") is older than 3.11, which the pinned requirements need"
+fi
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    skip "$PYTHON has no working venv/ensurepip module (on Debian: apt-get install python3-venv)"
+fi
+
+# The stamp covers requirements.txt and the interpreter version: a change in
+# either reinstalls.
+want_hash="$(
+    { cat "$REQUIREMENTS"; "$PYTHON" -c 'import sys; print(sys.version)'; } |
+        "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
+)"
+
+if [ -d "$VENV" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    rm -rf "$VENV" # broken (e.g. its interpreter is gone)
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    venv_log="$(mktemp)"
+    if ! "$PYTHON" -m venv "$VENV" >"$venv_log" 2>&1; then
+        reason="$(tail -n 3 "$venv_log" | tr '\n' ' ')"
+        rm -f "$venv_log"
+        rm -rf "$VENV"
+        skip "could not create a virtual environment with $PYTHON -m venv: $reason"
+    fi
+    rm -f "$venv_log"
+fi
+
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want_hash" ]; then
+    rm -f "$STAMP"
+    echo "Installing Python test requirements into $VENV ..."
+    pip_log="$(mktemp)"
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        -r "$REQUIREMENTS" >"$pip_log" 2>&1; then
+        cat "$pip_log" >&2
+        reason="$(grep -E 'ERROR|Error|error' "$pip_log" | tail -n 2 | tr '\n' ' ')"
+        rm -f "$pip_log"
+        skip "pip could not install $REQUIREMENTS (no network access to PyPI?): ${reason:-see pip output above}"
+    fi
+    rm -f "$pip_log"
+    echo "$want_hash" >"$STAMP"
+fi
+
+export NEREID_BIN="${NEREID_BIN:-$REPO_ROOT/target/debug/nereid}"
+if [ -z "${NEREID_HTTP_URL:-}" ] && [ ! -x "$NEREID_BIN" ]; then
+    echo "error: Nereid server binary not found at $NEREID_BIN (run cargo build, or set NEREID_BIN)" >&2
+    exit 1
+fi
+
+cd "$REPO_ROOT"
+# pytest's exit status (non-zero on any failure or error) becomes ours.
+exec "$VENV/bin/python" -m pytest -q clients/python/tests "$@"

@@ -1,0 +1,289 @@
+//! Publishing a trained model into a Triton-layout model repository.
+//!
+//! A version folder appears whole or not at all: it is written under a hidden staging name inside
+//! the model folder (`.staging-<version>-<pid>`, which the server never loads because it is not
+//! numeric), fsynced, then renamed to `<version>`. The rename is atomic because staging and target
+//! are in the same directory, hence the same file system. `config.pbtxt` and `labels.txt` are
+//! replaced the same way (temporary file + rename), and before the version, so that a poller which
+//! sees the new version also sees the config written for it.
+//!
+//! Existing versions are never overwritten: versions are immutable once served. Two publishers
+//! racing for the same version number are not coordinated beyond that check.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::train::{TrainError, TrainedModel};
+
+/// Name of the weights file inside a version folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Name of the class-labels file inside a model folder.
+pub const LABELS_FILE: &str = "labels.txt";
+/// Name of the model configuration inside a model folder.
+pub const CONFIG_FILE: &str = "config.pbtxt";
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid model name `{0}`: use a non-empty name without `/`, `\\` or a leading `.`")]
+    InvalidName(String),
+
+    #[error("invalid version 0: Triton model versions start at 1")]
+    InvalidVersion,
+
+    #[error("version folder {} already exists; versions are immutable, publish a new version number", path.display())]
+    VersionExists { path: PathBuf },
+
+    #[error("label {index} ({label:?}) is empty or contains a line break")]
+    InvalidLabel { index: usize, label: String },
+
+    #[error("{labels} labels for a model with {outputs} outputs")]
+    LabelCount { labels: usize, outputs: usize },
+
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Boxed: a training error is large and publishing errors are rare.
+    #[error(transparent)]
+    Save(Box<TrainError>),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+    move |source| PublishError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `<repo>/<model_name>/config.pbtxt`, `<repo>/<model_name>/labels.txt` (when `labels` is
+/// not empty) and `<repo>/<model_name>/<version>/model.safetensors`; returns the version folder.
+///
+/// `labels`, when given, must have one entry per model output, in output order.
+pub fn write_model_version(
+    repo: &Path,
+    model_name: &str,
+    config_pbtxt: &str,
+    labels: &[String],
+    model: &TrainedModel,
+    version: u64,
+) -> Result<PathBuf, PublishError> {
+    if model_name.is_empty()
+        || model_name.starts_with('.')
+        || model_name.contains(['/', '\\'])
+        || model_name.chars().any(char::is_control)
+    {
+        return Err(PublishError::InvalidName(model_name.to_string()));
+    }
+    if version == 0 {
+        return Err(PublishError::InvalidVersion);
+    }
+    if !labels.is_empty() && labels.len() != model.output_features {
+        return Err(PublishError::LabelCount {
+            labels: labels.len(),
+            outputs: model.output_features,
+        });
+    }
+    if let Some((index, label)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.is_empty() || l.contains(['\n', '\r']))
+    {
+        return Err(PublishError::InvalidLabel {
+            index,
+            label: label.clone(),
+        });
+    }
+
+    let model_dir = repo.join(model_name);
+    let version_dir = model_dir.join(version.to_string());
+    if version_dir.exists() {
+        return Err(PublishError::VersionExists { path: version_dir });
+    }
+    fs::create_dir_all(&model_dir).map_err(io_err(&model_dir))?;
+
+    write_file_atomically(&model_dir, CONFIG_FILE, config_pbtxt.as_bytes())?;
+    if !labels.is_empty() {
+        let mut text = labels.join("\n");
+        text.push('\n');
+        write_file_atomically(&model_dir, LABELS_FILE, text.as_bytes())?;
+    }
+
+    let staging = model_dir.join(format!(".staging-{version}-{}", std::process::id()));
+    let result = stage_and_rename(&staging, &version_dir, &model_dir, model);
+    if result.is_err() {
+        // Best effort: a leftover staging folder is harmless (never loaded) but untidy.
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result.map(|()| version_dir)
+}
+
+fn stage_and_rename(
+    staging: &Path,
+    version_dir: &Path,
+    model_dir: &Path,
+    model: &TrainedModel,
+) -> Result<(), PublishError> {
+    // A folder with our name can only be left over by an earlier crashed run with the same pid.
+    if staging.exists() {
+        fs::remove_dir_all(staging).map_err(io_err(staging))?;
+    }
+    fs::create_dir(staging).map_err(io_err(staging))?;
+    let weights = staging.join(MODEL_FILE);
+    model
+        .save_safetensors(&weights)
+        .map_err(|e| PublishError::Save(Box::new(e)))?;
+    sync_path(&weights)?;
+    sync_path(staging)?;
+    // rename(2) would silently replace an empty directory, so check again right before it.
+    if version_dir.exists() {
+        return Err(PublishError::VersionExists {
+            path: version_dir.to_path_buf(),
+        });
+    }
+    fs::rename(staging, version_dir).map_err(io_err(version_dir))?;
+    // Persist the rename itself.
+    sync_path(model_dir)
+}
+
+/// Replaces `dir/name` with `contents` via a hidden temporary file and a rename.
+fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<(), PublishError> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let target = dir.join(name);
+    let result = (|| {
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(contents).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &target).map_err(io_err(&target))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_path(dir)
+}
+
+/// fsync a file or directory by path (opening read-only is enough for fsync on Unix).
+fn sync_path(path: &Path) -> Result<(), PublishError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    match file.sync_all() {
+        Ok(()) => Ok(()),
+        // Some platforms (Windows) cannot fsync a directory handle; the data files are synced.
+        Err(_) if path.is_dir() && !cfg!(unix) => Ok(()),
+        Err(source) => Err(PublishError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DenseModel;
+    use crate::train::{train_classifier, TrainConfig};
+    use candle_core::Device;
+
+    fn tiny_model() -> TrainedModel {
+        let features = [
+            0.0, 0.1, 0.1, 0.0, 0.2, 0.1, 0.0, 0.2, 1.0, 1.1, 1.2, 0.9, 0.9, 1.0, 1.1, 1.0,
+        ];
+        let labels = [0, 0, 1, 1, 0, 0, 1, 1];
+        let cfg = TrainConfig {
+            epochs: 3,
+            validation_fraction: 0.0,
+            test_fraction: 0.0,
+            ..TrainConfig::default()
+        };
+        train_classifier(&features, 2, &labels, 2, &cfg).expect("train")
+    }
+
+    fn labels() -> Vec<String> {
+        vec!["no".to_string(), "yes".to_string()]
+    }
+
+    #[test]
+    fn publishes_atomically_and_leaves_no_staging() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let model = tiny_model();
+        let config = "name: \"tiny\"\nbackend: \"candle\"\n";
+        let dir = write_model_version(repo.path(), "tiny", config, &labels(), &model, 1)
+            .expect("publish");
+        assert_eq!(dir, repo.path().join("tiny").join("1"));
+
+        let mut entries: Vec<String> = fs::read_dir(repo.path().join("tiny"))
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        entries.sort();
+        assert_eq!(entries, ["1", "config.pbtxt", "labels.txt"]);
+        let version_entries: Vec<_> = fs::read_dir(&dir).expect("read").collect();
+        assert_eq!(version_entries.len(), 1);
+        assert_eq!(
+            fs::read_to_string(repo.path().join("tiny/config.pbtxt")).expect("config"),
+            config
+        );
+        assert_eq!(
+            fs::read_to_string(repo.path().join("tiny/labels.txt")).expect("labels"),
+            "no\nyes\n"
+        );
+        let loaded =
+            DenseModel::load(&dir.join(MODEL_FILE), model.spec, &Device::Cpu).expect("load");
+        assert_eq!(loaded.output_features(), 2);
+
+        // Versions are immutable.
+        let err = write_model_version(repo.path(), "tiny", config, &labels(), &model, 1)
+            .expect_err("exists");
+        assert!(matches!(err, PublishError::VersionExists { .. }), "{err}");
+
+        // The next version goes next to it, again without leftovers.
+        write_model_version(repo.path(), "tiny", config, &labels(), &model, 2).expect("v2");
+        let leftovers: Vec<_> = fs::read_dir(repo.path().join("tiny"))
+            .expect("read")
+            .filter_map(|e| {
+                let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+                name.starts_with('.').then_some(name)
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let model = tiny_model();
+        for name in ["", ".hidden", "a/b", "..", "a\\b"] {
+            let err =
+                write_model_version(repo.path(), name, "", &[], &model, 1).expect_err("bad name");
+            assert!(matches!(err, PublishError::InvalidName(_)), "{name}: {err}");
+        }
+        let err = write_model_version(repo.path(), "m", "", &[], &model, 0).expect_err("v0");
+        assert!(matches!(err, PublishError::InvalidVersion), "{err}");
+        let err = write_model_version(repo.path(), "m", "", &["one".into()], &model, 1)
+            .expect_err("label count");
+        assert!(matches!(err, PublishError::LabelCount { .. }), "{err}");
+        let err = write_model_version(
+            repo.path(),
+            "m",
+            "",
+            &["a\nb".into(), "c".into()],
+            &model,
+            1,
+        )
+        .expect_err("label text");
+        assert!(
+            matches!(err, PublishError::InvalidLabel { index: 0, .. }),
+            "{err}"
+        );
+        // Nothing was written for the rejected calls.
+        assert!(!repo.path().join("m").exists());
+
+        // Without labels, no labels file.
+        write_model_version(repo.path(), "m", "", &[], &model, 1).expect("no labels");
+        assert!(!repo.path().join("m").join(LABELS_FILE).exists());
+    }
+}

@@ -1,0 +1,277 @@
+//! The `inference.GRPCInferenceService` front end (port 8001), plus `grpc.health.v1.Health`.
+//!
+//! A thin adapter over [`Infer`]: decode with `nereid_protocol::grpc`, call, map errors with the
+//! one `Code -> tonic::Status` mapping. Message size limits are Triton's (`INT32_MAX`).
+
+use std::pin::Pin;
+
+use nereid_protocol::grpc::{request_from_grpc, response_to_grpc};
+use nereid_protocol::inference::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use nereid_protocol::inference::*;
+use nereid_protocol::Error;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::infer::{Infer, EXTENSIONS, MODEL_CONTROL_DISABLED};
+
+/// Triton's gRPC message size limit, for both directions.
+pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+
+pub struct GrpcService {
+    infer: Infer,
+}
+
+pub fn service(infer: Infer) -> GrpcInferenceServiceServer<GrpcService> {
+    GrpcInferenceServiceServer::new(GrpcService { infer })
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by this server"))
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcService {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse {
+            live: self.infer.is_live(),
+        }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.infer.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        // Unknown models are "not ready", not an error, as Triton has long answered.
+        Ok(Response::new(ModelReadyResponse {
+            ready: self.infer.model_ready(&r.name, &r.version),
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "nereid".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.infer.model(&r.name, &r.version)?;
+        Ok(Response::new(
+            model.metadata(self.infer.registry().ready_versions(&r.name)),
+        ))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let (name, version, request) = request_from_grpc(request.into_inner())?;
+        let response = self.infer.infer(&name, &version, request).await?;
+        Ok(Response::new(response_to_grpc(response)))
+    }
+
+    type ModelStreamInferStream = ResponseStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let infer = self.infer.clone();
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(message) = incoming.next().await {
+                let reply = match message {
+                    Ok(message) => {
+                        let outcome = async {
+                            let (name, version, request) = request_from_grpc(message)?;
+                            infer.infer(&name, &version, request).await
+                        }
+                        .await;
+                        // Per-request errors travel in the stream; the stream stays open.
+                        Ok(match outcome {
+                            Ok(response) => ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(response_to_grpc(response)),
+                            },
+                            Err(err) => ModelStreamInferResponse {
+                                error_message: err.message,
+                                infer_response: None,
+                            },
+                        })
+                    }
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if sender.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.infer.model(&r.name, &r.version)?;
+        Ok(Response::new(ModelConfigResponse {
+            config: Some((*model.config).clone()),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let registry = self.infer.registry();
+        let models = if r.name.is_empty() {
+            registry.all_ready()
+        } else if r.version.is_empty() {
+            let all: Vec<_> = registry
+                .all_ready()
+                .into_iter()
+                .filter(|m| m.name == r.name)
+                .collect();
+            if all.is_empty() {
+                vec![self.infer.model(&r.name, "")?]
+            } else {
+                all
+            }
+        } else {
+            vec![self.infer.model(&r.name, &r.version)?]
+        };
+        Ok(Response::new(ModelStatisticsResponse {
+            model_stats: models
+                .iter()
+                .map(|m| m.stats.to_message(&m.name, m.version))
+                .collect(),
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let r = request.into_inner();
+        if !r.repository_name.is_empty() {
+            return Err(
+                Error::unsupported("'repository_name' specification is not supported").into(),
+            );
+        }
+        let models = self
+            .infer
+            .registry()
+            .index(r.ready)
+            .into_iter()
+            .map(|row| repository_index_response::ModelIndex {
+                name: row.name,
+                version: row.version,
+                state: row.state.to_string(),
+                reason: row.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        Err(Error::unavailable(MODEL_CONTROL_DISABLED).into())
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        Err(Error::unavailable(MODEL_CONTROL_DISABLED).into())
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
+        Err(unimplemented("SystemSharedMemoryStatus"))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+        Err(unimplemented("SystemSharedMemoryRegister"))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+        Err(unimplemented("SystemSharedMemoryUnregister"))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
+        Err(unimplemented("CudaSharedMemoryStatus"))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
+        Err(unimplemented("CudaSharedMemoryRegister"))
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
+        Err(unimplemented("CudaSharedMemoryUnregister"))
+    }
+
+    async fn trace_setting(
+        &self,
+        _: Request<TraceSettingRequest>,
+    ) -> Result<Response<TraceSettingResponse>, Status> {
+        Err(unimplemented("TraceSetting"))
+    }
+
+    async fn log_settings(
+        &self,
+        _: Request<LogSettingsRequest>,
+    ) -> Result<Response<LogSettingsResponse>, Status> {
+        Err(unimplemented("LogSettings"))
+    }
+}

@@ -1,0 +1,543 @@
+//! The KServe v2 / Triton HTTP front end (port 8000).
+//!
+//! A thin adapter: it routes by hand (so that unknown paths get Triton's 404 `{"error":"Not
+//! Found"}` and wrong methods its 405), reads and decompresses bodies within the size limit,
+//! decodes them with `nereid_protocol::rest`, calls [`Infer`], and maps errors with the one
+//! `Code -> HTTP status` mapping.
+
+use std::io::Read;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use flate2::read::{GzDecoder, ZlibDecoder};
+use flate2::write::{GzEncoder, ZlibEncoder};
+use nereid_protocol::inference::{ModelStatisticsResponse, ServerMetadataResponse};
+use nereid_protocol::{config, element_count, rest, Error, InferRequest, Tensor};
+use percent_encoding::percent_decode_str;
+
+use crate::infer::{Infer, EXTENSIONS, MODEL_CONTROL_DISABLED};
+use crate::model::ModelVersion;
+
+/// Triton's default `--http-max-input-size` (64 MiB).
+pub const DEFAULT_MAX_INPUT_SIZE: usize = 1 << 26;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub infer: Infer,
+    pub max_input_size: usize,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<HttpState>, request: Request<Body>) -> Response {
+    match route(&state, request).await {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    }
+}
+
+fn error_response(err: &Error) -> Response {
+    let status = StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    json_response(status, err.to_json_body())
+}
+
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn empty(status: StatusCode) -> Response {
+    status.into_response()
+}
+
+fn not_found() -> Error {
+    Error::not_found("Not Found")
+}
+
+/// A path matched a route but not its method.
+struct WrongMethod;
+
+/// The routed operation, with percent-decoded model names.
+enum Route {
+    ServerMetadata,
+    Live,
+    Ready,
+    AllStats,
+    ModelMetadata(String, String),
+    ModelReady(String, String),
+    ModelConfig(String, String),
+    ModelStats(String, String),
+    ModelInfer(String, String),
+    RepositoryIndex,
+    RepositoryControl,
+    NamedRepository,
+}
+
+fn decode(segment: &str) -> String {
+    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = |route: Route| {
+        if method == Method::GET {
+            Ok(Some(route))
+        } else {
+            Err(WrongMethod)
+        }
+    };
+    let post = |route: Route| {
+        if method == Method::POST {
+            Ok(Some(route))
+        } else {
+            Err(WrongMethod)
+        }
+    };
+    let model = |segments: &[&str]| -> Option<(String, String, Option<String>)> {
+        // [m] | [m, op] | [m, versions, v] | [m, versions, v, op]
+        let name = decode(segments.first()?);
+        match segments[1..] {
+            [] => Some((name, String::new(), None)),
+            [op] => Some((name, String::new(), Some(op.to_string()))),
+            ["versions", v] if is_version(v) => Some((name, v.to_string(), None)),
+            ["versions", v, op] if is_version(v) => {
+                Some((name, v.to_string(), Some(op.to_string())))
+            }
+            _ => None,
+        }
+    };
+    match segments.as_slice() {
+        ["v2"] => get(Route::ServerMetadata),
+        ["v2", "health", "live"] => get(Route::Live),
+        ["v2", "health", "ready"] => get(Route::Ready),
+        ["v2", "models", "stats"] => get(Route::AllStats),
+        ["v2", "repository", "index"] => post(Route::RepositoryIndex),
+        ["v2", "repository", "models", _, "load" | "unload"] => post(Route::RepositoryControl),
+        ["v2", "repository", _, "index"]
+        | ["v2", "repository", _, "models", _, "load" | "unload"] => post(Route::NamedRepository),
+        ["v2", "models", rest @ ..] if !rest.is_empty() && !rest[0].is_empty() => match model(rest)
+        {
+            Some((m, v, None)) => get(Route::ModelMetadata(m, v)),
+            Some((m, v, Some(op))) => match op.as_str() {
+                "ready" => get(Route::ModelReady(m, v)),
+                "config" => get(Route::ModelConfig(m, v)),
+                "stats" => get(Route::ModelStats(m, v)),
+                "infer" => post(Route::ModelInfer(m, v)),
+                _ => Ok(None),
+            },
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
+fn is_version(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+}
+
+async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Error> {
+    let route = match parse_route(request.method(), request.uri().path()) {
+        Ok(Some(route)) => route,
+        Ok(None) => return Err(not_found()),
+        Err(WrongMethod) => {
+            return Ok(json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Error::invalid_arg("Method Not Allowed").to_json_body(),
+            ))
+        }
+    };
+    let infer = &state.infer;
+    Ok(match route {
+        Route::Live => empty(if infer.is_live() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        }),
+        Route::Ready => empty(if infer.is_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        }),
+        Route::ServerMetadata => {
+            let metadata = ServerMetadataResponse {
+                name: "nereid".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+            };
+            json_response(
+                StatusCode::OK,
+                config::message_to_json(&metadata, "inference.ServerMetadataResponse"),
+            )
+        }
+        Route::ModelMetadata(m, v) => {
+            let model = infer.model(&m, &v)?;
+            let metadata = model.metadata(infer.registry().ready_versions(&m));
+            json_response(
+                StatusCode::OK,
+                config::message_to_json(&metadata, "inference.ModelMetadataResponse"),
+            )
+        }
+        Route::ModelReady(m, v) => {
+            if infer.model_ready(&m, &v) {
+                empty(StatusCode::OK)
+            } else {
+                json_response(
+                    StatusCode::BAD_REQUEST,
+                    Error::invalid_arg("Model version not ready").to_json_body(),
+                )
+            }
+        }
+        Route::ModelConfig(m, v) => {
+            let model = infer.model(&m, &v)?;
+            json_response(StatusCode::OK, config::to_json(&model.config))
+        }
+        Route::AllStats => stats_response(infer.registry().all_ready()),
+        Route::ModelStats(m, v) => {
+            let models = if v.is_empty() {
+                let all: Vec<_> = infer
+                    .registry()
+                    .all_ready()
+                    .into_iter()
+                    .filter(|x| x.name == m)
+                    .collect();
+                if all.is_empty() {
+                    // Resolve again for the precise error (unknown vs. not ready).
+                    vec![infer.model(&m, &v)?]
+                } else {
+                    all
+                }
+            } else {
+                vec![infer.model(&m, &v)?]
+            };
+            stats_response(models)
+        }
+        Route::RepositoryIndex => {
+            let body = read_body(request, state.max_input_size).await?;
+            repository_index(infer, &body)?
+        }
+        Route::RepositoryControl => return Err(Error::unavailable(MODEL_CONTROL_DISABLED)),
+        Route::NamedRepository => {
+            return Err(Error::unsupported(
+                "'repository_name' specification is not supported",
+            ))
+        }
+        Route::ModelInfer(m, v) => infer_route(state, &m, &v, request).await?,
+    })
+}
+
+fn stats_response(models: Vec<std::sync::Arc<ModelVersion>>) -> Response {
+    let message = ModelStatisticsResponse {
+        model_stats: models
+            .iter()
+            .map(|m| m.stats.to_message(&m.name, m.version))
+            .collect(),
+    };
+    json_response(
+        StatusCode::OK,
+        config::message_to_json(&message, "inference.ModelStatisticsResponse"),
+    )
+}
+
+fn repository_index(infer: &Infer, body: &[u8]) -> Result<Response, Error> {
+    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+            .map_err(|e| {
+                Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}"))
+            })?;
+        match value.get("ready") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(Error::invalid_arg(
+                    "Invalid value for 'ready': expected a boolean",
+                ))
+            }
+        }
+    };
+    let rows: Vec<serde_json::Value> = infer
+        .registry()
+        .index(ready_only)
+        .into_iter()
+        .map(|row| {
+            let mut entry = serde_json::Map::new();
+            entry.insert("name".into(), row.name.into());
+            if !row.version.is_empty() {
+                entry.insert("version".into(), row.version.into());
+            }
+            entry.insert("state".into(), row.state.into());
+            entry.insert("reason".into(), row.reason.into());
+            serde_json::Value::Object(entry)
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&rows).map_err(|e| Error::internal(e.to_string()))?,
+    ))
+}
+
+/// Reads the whole body within `limit`, undoing `Content-Encoding: gzip|deflate`.
+async fn read_body(request: Request<Body>, limit: usize) -> Result<Bytes, Error> {
+    let (parts, body) = request.into_parts();
+    let too_large = |size: String| {
+        Error::invalid_arg(format!("request JSON size of {size} bytes exceeds the maximum allowed input size of {limit} bytes. Use --http-max-input-size to increase the limit."))
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|d| *d > limit as u64) {
+        return Err(too_large(declared.to_string()));
+    }
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let source = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if source.contains("length limit") || e.to_string().contains("length limit") {
+            too_large(format!("more than {limit}"))
+        } else {
+            Error::invalid_arg(format!("failed to read the request body: {e}"))
+        }
+    })?;
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+    let decoded = match encoding.as_deref() {
+        None | Some("") | Some("identity") => return Ok(raw),
+        Some("gzip") => inflate(GzDecoder::new(&raw[..]), limit),
+        Some("deflate") => inflate(ZlibDecoder::new(&raw[..]), limit),
+        Some(other) => {
+            return Err(Error::unsupported(format!(
+                "Unsupported compression type '{other}'"
+            )))
+        }
+    }?;
+    Ok(Bytes::from(decoded))
+}
+
+fn inflate(reader: impl Read, limit: usize) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::invalid_arg(format!("failed to decompress the request body: {e}")))?;
+    if out.len() > limit {
+        return Err(Error::invalid_arg(format!("request JSON size of more than {limit} bytes (decompressed) exceeds the maximum allowed input size of {limit} bytes. Use --http-max-input-size to increase the limit.")));
+    }
+    Ok(out)
+}
+
+async fn infer_route(
+    state: &HttpState,
+    name: &str,
+    version: &str,
+    request: Request<Body>,
+) -> Result<Response, Error> {
+    let model = state.infer.model(name, version)?;
+    let headers = request.headers().clone();
+    let body = read_body(request, state.max_input_size).await?;
+    let header_length = headers
+        .get(rest::HEADER_CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                Error::invalid_arg(
+                    "Unable to parse Inference-Header-Content-Length, got: a non-ASCII value",
+                )
+            })
+        })
+        .transpose()?;
+    let request = match rest::split_body(&body, header_length)? {
+        Some((json, binary)) => rest::parse_request(&json, binary, name)?,
+        None => raw_request(&model, body)?,
+    };
+    let outputs = request.outputs.clone();
+    let binary_default = request.binary_data_output;
+    let response = state.infer.infer_on(&model, request).await?;
+    let wants = InferRequest {
+        outputs,
+        binary_data_output: binary_default,
+        ..Default::default()
+    };
+    let rendered = rest::render_response(&response, |n| wants.wants_binary(n));
+    let mut builder = Response::builder().status(StatusCode::OK);
+    builder = match rendered.header_length {
+        Some(length) => builder
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(rest::HEADER_CONTENT_LENGTH, length),
+        None => builder.header(header::CONTENT_TYPE, "application/json"),
+    };
+    let (body, encoding) = compress(&headers, rendered.body);
+    if let Some(encoding) = encoding {
+        builder = builder.header(header::CONTENT_ENCODING, encoding);
+    }
+    builder
+        .body(Body::from(body))
+        .map_err(|e| Error::internal(format!("failed to build the response: {e}")))
+}
+
+/// A body that is one raw tensor (`Inference-Header-Content-Length: 0`): it feeds the model's
+/// only input as a batch of one, and every output is returned binary.
+fn raw_request(model: &ModelVersion, body: Bytes) -> Result<InferRequest, Error> {
+    let [spec] = model.inputs.as_slice() else {
+        return Err(Error::invalid_arg(format!(
+            "raw binary request body is only allowed for models with exactly one input; model '{}' has {}",
+            model.name,
+            model.inputs.len()
+        )));
+    };
+    let mut dims = spec.dims.clone();
+    match spec.datatype.element_size() {
+        None => {
+            if dims.len() != 1 {
+                return Err(Error::invalid_arg(
+                    "raw binary request body for a BYTES input requires the input shape [1]",
+                ));
+            }
+            dims = vec![1];
+        }
+        Some(size) => {
+            let variable: Vec<usize> = dims
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| **d == -1)
+                .map(|(i, _)| i)
+                .collect();
+            if variable.len() > 1 {
+                return Err(Error::invalid_arg(
+                    "raw binary request body requires an input with at most one variable dimension",
+                ));
+            }
+            if let [index] = variable[..] {
+                let fixed: i64 = dims.iter().filter(|d| **d != -1).product();
+                let elements = body.len() / size;
+                if fixed == 0 || elements as i64 % fixed != 0 {
+                    return Err(Error::invalid_arg(format!(
+                        "raw binary request body of {} bytes does not fit input '{}'",
+                        body.len(),
+                        spec.name
+                    )));
+                }
+                dims[index] = elements as i64 / fixed;
+            }
+        }
+    }
+    let mut shape = Vec::with_capacity(dims.len() + 1);
+    if model.config.max_batch_size > 0 {
+        shape.push(1);
+    }
+    shape.extend(dims);
+    element_count(&spec.name, &shape)?;
+    let tensor = Tensor::new(spec.name.clone(), spec.datatype, shape, body);
+    tensor.check_byte_size()?;
+    Ok(InferRequest {
+        inputs: vec![tensor],
+        binary_data_output: true,
+        ..Default::default()
+    })
+}
+
+/// Compresses a response body when the client accepts gzip or deflate.
+fn compress(headers: &HeaderMap, body: Vec<u8>) -> (Vec<u8>, Option<HeaderValue>) {
+    use std::io::Write;
+    let accepted = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let wants = |name: &str| {
+        accepted
+            .split(',')
+            .any(|part| part.split(';').next().map(str::trim) == Some(name))
+    };
+    let encoded = if wants("gzip") {
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder
+            .write_all(&body)
+            .and_then(|()| encoder.finish())
+            .ok()
+            .map(|b| (b, "gzip"))
+    } else if wants("deflate") {
+        let mut encoder = ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder
+            .write_all(&body)
+            .and_then(|()| encoder.finish())
+            .ok()
+            .map(|b| (b, "deflate"))
+    } else {
+        None
+    };
+    match encoded {
+        Some((compressed, name)) => (compressed, Some(HeaderValue::from_static(name))),
+        None => (body, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(method: Method, path: &str) -> Result<Option<&'static str>, ()> {
+        parse_route(&method, path)
+            .map(|r| {
+                r.map(|r| match r {
+                    Route::ServerMetadata => "server",
+                    Route::Live => "live",
+                    Route::Ready => "ready",
+                    Route::AllStats => "allstats",
+                    Route::ModelMetadata(..) => "metadata",
+                    Route::ModelReady(..) => "modelready",
+                    Route::ModelConfig(..) => "config",
+                    Route::ModelStats(..) => "stats",
+                    Route::ModelInfer(..) => "infer",
+                    Route::RepositoryIndex => "index",
+                    Route::RepositoryControl => "control",
+                    Route::NamedRepository => "named",
+                })
+            })
+            .map_err(|_| ())
+    }
+
+    #[test]
+    fn routes_like_triton() {
+        assert_eq!(routed(Method::GET, "/v2"), Ok(Some("server")));
+        assert_eq!(
+            routed(Method::GET, "/v2/models/m/versions/3/config"),
+            Ok(Some("config"))
+        );
+        assert_eq!(
+            routed(Method::POST, "/v2/models/m/infer"),
+            Ok(Some("infer"))
+        );
+        assert_eq!(
+            routed(Method::GET, "/v2/models/stats"),
+            Ok(Some("allstats"))
+        );
+        assert_eq!(routed(Method::GET, "/v2/models/m/versions/x"), Ok(None));
+        assert_eq!(routed(Method::GET, "/v2/models/m/bogus"), Ok(None));
+        assert_eq!(routed(Method::GET, "/v2/models/m/infer"), Err(()));
+        assert_eq!(routed(Method::POST, "/v2/health/live"), Err(()));
+        assert_eq!(
+            routed(Method::POST, "/v2/repository/other/index"),
+            Ok(Some("named"))
+        );
+        assert_eq!(routed(Method::GET, "/nope"), Ok(None));
+        match parse_route(&Method::GET, "/v2/models/my%20model/versions/2") {
+            Ok(Some(Route::ModelMetadata(m, v))) => {
+                assert_eq!((m.as_str(), v.as_str()), ("my model", "2"))
+            }
+            _ => panic!("expected model metadata"),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Nereid's serving core: KServe v2 / Triton inference over HTTP and gRPC from a Triton-layout
+//! model repository.
+//!
+//! Data flow: `http` and `grpc` decode requests (with `nereid_protocol`) and call the one
+//! [`Infer`] handle; it resolves the model version in the [`ModelRegistry`], validates the
+//! request against the config (`model`), and queues it on that version's `scheduler`, whose
+//! instance threads run the `backend`. Results come back the same way; `stats` counts every
+//! step and feeds the statistics extension and `/metrics`.
+//!
+//! [`start`] binds every listener, then serves until its shutdown future completes; shutdown
+//! stops new work, turns readiness off and lets in-flight requests finish within the exit
+//! timeout.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod grpc;
+pub mod http;
+pub mod infer;
+mod metrics;
+pub mod model;
+pub mod registry;
+pub mod repository;
+pub mod scheduler;
+pub mod stats;
+
+use std::future::{Future, IntoFuture};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use infer::Infer;
+pub use registry::ModelRegistry;
+
+/// Everything `serve` needs, validated from the command line.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model_repository: PathBuf,
+    pub host: IpAddr,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    pub http_max_input_size: usize,
+    pub exit_timeout: Duration,
+    pub strict_readiness: bool,
+    /// Written (atomically) with the bound ports once every listener is up.
+    pub port_file: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// Defaults for a repository, on loopback with ephemeral ports (used by tests).
+    pub fn for_tests(model_repository: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            model_repository: model_repository.into(),
+            host: IpAddr::from([127, 0, 0, 1]),
+            http_port: 0,
+            grpc_port: 0,
+            metrics_port: 0,
+            http_max_input_size: http::DEFAULT_MAX_INPUT_SIZE,
+            exit_timeout: Duration::from_secs(30),
+            strict_readiness: true,
+            port_file: None,
+        }
+    }
+}
+
+/// A server whose listeners are bound.
+pub struct RunningServer {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub infer: Infer,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Waits until the server has shut down.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task failed")?
+    }
+}
+
+/// Loads the repository, binds every listener and starts serving until `shutdown` completes.
+pub async fn start(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningServer> {
+    let repository = config.model_repository.clone();
+    let registry = tokio::task::spawn_blocking(move || ModelRegistry::load_repository(&repository))
+        .await
+        .context("model loading panicked")?
+        .with_context(|| {
+            format!(
+                "failed to read model repository {}",
+                config.model_repository.display()
+            )
+        })?;
+    let infer = Infer::new(Arc::new(registry), config.strict_readiness);
+
+    let bind = |port: u16, what: &'static str| {
+        let address = SocketAddr::new(config.host, port);
+        async move {
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("failed to bind the {what} listener on {address}"))
+        }
+    };
+    let http_listener = bind(config.http_port, "HTTP").await?;
+    let grpc_listener = bind(config.grpc_port, "gRPC").await?;
+    let metrics_listener = bind(config.metrics_port, "metrics").await?;
+    let (http, grpc, metrics) = (
+        http_listener.local_addr()?,
+        grpc_listener.local_addr()?,
+        metrics_listener.local_addr()?,
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
+        .await;
+
+    let http_server = axum::serve(
+        http_listener,
+        http::router(http::HttpState {
+            infer: infer.clone(),
+            max_input_size: config.http_max_input_size,
+        }),
+    )
+    .with_graceful_shutdown(stopped());
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(grpc::service(infer.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(),
+        );
+    let metrics_server = axum::serve(metrics_listener, metrics::router(infer.clone()))
+        .with_graceful_shutdown(stopped());
+
+    if let Some(path) = &config.port_file {
+        write_port_file(path, http, grpc, metrics)?;
+    }
+    tracing::info!(%http, %grpc, %metrics, "serving");
+
+    let exit_timeout = config.exit_timeout;
+    let draining = infer.clone();
+    let task = tokio::spawn(async move {
+        let servers = tokio::spawn(async move {
+            let (h, g, m) = tokio::join!(
+                http_server.into_future(),
+                grpc_server,
+                metrics_server.into_future()
+            );
+            h.context("HTTP server failed")?;
+            g.context("gRPC server failed")?;
+            m.context("metrics server failed")?;
+            Ok::<_, anyhow::Error>(())
+        });
+        shutdown.await;
+        tracing::info!("shutting down: waiting for in-flight requests to complete");
+        draining.stop_accepting();
+        health_reporter
+            .set_not_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
+            .await;
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(exit_timeout, servers).await {
+            Ok(joined) => joined.context("server task panicked")?,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = exit_timeout.as_secs(),
+                    "exit timeout reached with requests still in flight"
+                );
+                Ok(())
+            }
+        }
+    });
+    Ok(RunningServer {
+        http,
+        grpc,
+        metrics,
+        infer,
+        task,
+    })
+}
+
+fn write_port_file(
+    path: &std::path::Path,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+) -> anyhow::Result<()> {
+    let body =
+        serde_json::json!({"http": http.port(), "grpc": grpc.port(), "metrics": metrics.port()});
+    let staging = path.with_extension("tmp");
+    std::fs::write(&staging, body.to_string())
+        .with_context(|| format!("failed to write {}", staging.display()))?;
+    std::fs::rename(&staging, path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGTERM; only SIGINT stops the server");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,498 @@
+//! A loaded model version: its config, tensor specs, instances (through the scheduler) and
+//! statistics, plus the request-side rules that depend on the config: input validation against
+//! names, datatypes and shapes, output selection and the classification extension.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use nereid_protocol::inference::{
+    model_metadata_response::TensorMetadata, ModelConfig, ModelMetadataResponse,
+};
+use nereid_protocol::{
+    bytes_elements, element_count, encode_bytes_elements, shape_string, DataType, Error,
+    InferRequest, Tensor,
+};
+
+use crate::backend::{self, LoadContext};
+use crate::scheduler::Scheduler;
+use crate::stats::ModelStats;
+
+/// One input or output as the config declares it.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// Dims without the batch dimension; -1 is variable.
+    pub dims: Vec<i64>,
+    /// What the backend sees instead of `dims`, when the config has `reshape`.
+    pub reshape: Option<Vec<i64>>,
+    pub optional: bool,
+    /// Output only: class labels, one per line of `label_filename`.
+    pub labels: Option<Arc<Vec<String>>>,
+}
+
+pub struct ModelVersion {
+    pub name: String,
+    pub version: u64,
+    pub config: Arc<ModelConfig>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub stats: Arc<ModelStats>,
+    scheduler: Scheduler,
+}
+
+/// A request checked against the model: inputs in config order, shaped for the backend.
+pub struct Prepared {
+    pub inputs: Vec<Tensor>,
+    pub batch_size: u64,
+}
+
+impl ModelVersion {
+    /// Loads one version: creates every instance's backend, then starts the workers.
+    pub fn load(config: Arc<ModelConfig>, model_dir: &Path, version: u64) -> Result<Self, Error> {
+        let name = config.name.clone();
+        let inputs = config
+            .input
+            .iter()
+            .map(|i| {
+                spec(
+                    &i.name,
+                    i.data_type,
+                    &i.dims,
+                    i.reshape.as_ref().map(|r| r.shape.clone()),
+                    i.optional,
+                    None,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = config
+            .output
+            .iter()
+            .map(|o| {
+                let labels = if o.label_filename.is_empty() {
+                    None
+                } else {
+                    Some(Arc::new(read_labels(&model_dir.join(&o.label_filename))?))
+                };
+                spec(
+                    &o.name,
+                    o.data_type,
+                    &o.dims,
+                    o.reshape.as_ref().map(|r| r.shape.clone()),
+                    false,
+                    labels,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ctx = LoadContext {
+            config: Arc::clone(&config),
+            version,
+            version_dir: model_dir.join(version.to_string()),
+        };
+        let count = instance_count(&config);
+        let instances = (0..count)
+            .map(|_| backend::create(&ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stats = Arc::new(ModelStats::default());
+        let scheduler = Scheduler::start(&name, instances, Arc::clone(&stats)).map_err(|e| {
+            Error::internal(format!("failed to start instances of model '{name}': {e}"))
+        })?;
+        Ok(ModelVersion {
+            name,
+            version,
+            config,
+            inputs,
+            outputs,
+            stats,
+            scheduler,
+        })
+    }
+
+    fn batching(&self) -> bool {
+        self.config.max_batch_size > 0
+    }
+
+    /// Full shape of a tensor as the client sees it: `[-1, dims...]` when the model batches.
+    fn client_shape(&self, spec: &TensorSpec) -> Vec<i64> {
+        let mut shape = Vec::with_capacity(spec.dims.len() + 1);
+        if self.batching() {
+            shape.push(-1);
+        }
+        shape.extend(&spec.dims);
+        shape
+    }
+
+    pub fn metadata(&self, versions: Vec<String>) -> ModelMetadataResponse {
+        let describe = |specs: &[TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| TensorMetadata {
+                    name: s.name.clone(),
+                    datatype: s.datatype.as_str().to_string(),
+                    shape: self.client_shape(s),
+                })
+                .collect()
+        };
+        let platform = if self.config.platform.is_empty() {
+            self.config.backend.clone()
+        } else {
+            self.config.platform.clone()
+        };
+        ModelMetadataResponse {
+            name: self.name.clone(),
+            versions,
+            platform,
+            inputs: describe(&self.inputs),
+            outputs: describe(&self.outputs),
+        }
+    }
+
+    /// Validates the request's inputs and outputs against the config.
+    pub fn prepare(&self, request: &mut InferRequest) -> Result<Prepared, Error> {
+        let m = &self.name;
+        for output in &request.outputs {
+            let spec = self
+                .outputs
+                .iter()
+                .find(|s| s.name == output.name)
+                .ok_or_else(|| {
+                    Error::invalid_arg(format!(
+                        "unexpected inference output '{}' for model '{m}'",
+                        output.name
+                    ))
+                })?;
+            if output.classification.is_some() && spec.datatype == DataType::Bytes {
+                return Err(Error::invalid_arg(format!(
+                    "class result not available for output '{}' due to unsupported type 'BYTES'",
+                    spec.name
+                )));
+            }
+        }
+
+        let mut given: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
+        for tensor in std::mem::take(&mut request.inputs) {
+            let index = self
+                .inputs
+                .iter()
+                .position(|s| s.name == tensor.name)
+                .ok_or_else(|| {
+                    Error::invalid_arg(format!(
+                        "unexpected inference input '{}' for model '{m}'",
+                        tensor.name
+                    ))
+                })?;
+            if given[index].is_some() {
+                return Err(Error::invalid_arg(format!(
+                    "input '{}' is specified more than once for model '{m}'",
+                    tensor.name
+                )));
+            }
+            given[index] = Some(tensor);
+        }
+        let missing: Vec<&str> = self
+            .inputs
+            .iter()
+            .zip(&given)
+            .filter(|(s, t)| t.is_none() && !s.optional)
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let provided = given.iter().flatten().count();
+            return Err(Error::invalid_arg(format!(
+                "expected {} inputs but got {provided} inputs for model '{m}'. Missing required input(s) ['{}']",
+                self.inputs.iter().filter(|s| !s.optional).count(),
+                missing.join("', '")
+            )));
+        }
+
+        let mut batch_size = None;
+        let mut inputs = Vec::with_capacity(given.len());
+        for (spec, tensor) in self.inputs.iter().zip(given) {
+            let Some(mut tensor) = tensor else { continue };
+            if tensor.datatype != spec.datatype {
+                return Err(Error::invalid_arg(format!(
+                    "inference input '{}' data-type is '{}', but model '{m}' expects '{}'",
+                    tensor.name, tensor.datatype, spec.datatype
+                )));
+            }
+            let dims = if self.batching() {
+                let Some(&batch) = tensor.shape.first() else {
+                    return Err(self.shape_error(spec, &tensor.shape));
+                };
+                if batch < 1 || batch > i64::from(self.config.max_batch_size) {
+                    return Err(Error::invalid_arg(format!(
+                        "inference request batch-size must be <= {} for '{m}'",
+                        self.config.max_batch_size
+                    )));
+                }
+                if *batch_size.get_or_insert(batch) != batch {
+                    return Err(Error::invalid_arg(format!(
+                        "input '{}' has batch size {batch}, but other inputs of the request have batch size {} for model '{m}'",
+                        tensor.name,
+                        batch_size.unwrap_or_default()
+                    )));
+                }
+                &tensor.shape[1..]
+            } else {
+                &tensor.shape[..]
+            };
+            let matches = dims.len() == spec.dims.len()
+                && dims.iter().zip(&spec.dims).all(|(d, s)| *s == -1 || d == s);
+            if !matches {
+                return Err(self.shape_error(spec, &tensor.shape));
+            }
+            tensor.check_byte_size()?;
+            if let Some(reshape) = &spec.reshape {
+                tensor.shape = self.reshaped(&tensor, reshape)?;
+            }
+            inputs.push(tensor);
+        }
+        Ok(Prepared {
+            inputs,
+            batch_size: batch_size.map_or(1, |b| b as u64),
+        })
+    }
+
+    fn shape_error(&self, spec: &TensorSpec, got: &[i64]) -> Error {
+        let mut message = format!(
+            "unexpected shape for input '{}' for model '{}'. Expected {}, got {}",
+            spec.name,
+            self.name,
+            shape_string(&self.client_shape(spec)),
+            shape_string(got)
+        );
+        if !self.batching() {
+            message.push_str(". NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size.");
+        }
+        Error::invalid_arg(message)
+    }
+
+    fn reshaped(&self, tensor: &Tensor, reshape: &[i64]) -> Result<Vec<i64>, Error> {
+        let mut shape = Vec::with_capacity(reshape.len() + 1);
+        if self.batching() {
+            shape.push(tensor.shape[0]);
+        }
+        let per_item = element_count(&tensor.name, &tensor.shape[usize::from(self.batching())..])?;
+        let variable = reshape.iter().filter(|d| **d == -1).count();
+        let fixed: i64 = reshape.iter().filter(|d| **d != -1).product();
+        for &d in reshape {
+            shape.push(if d == -1 && variable == 1 && fixed > 0 {
+                per_item as i64 / fixed
+            } else {
+                d
+            });
+        }
+        Ok(shape)
+    }
+
+    /// Runs a prepared request through the model's instances.
+    pub async fn execute(&self, prepared: Prepared) -> Result<crate::scheduler::Executed, Error> {
+        self.scheduler
+            .submit(prepared.inputs, prepared.batch_size)
+            .await
+    }
+
+    /// Keeps the requested outputs (all when none are listed), giving them the client's shape
+    /// and applying classification.
+    pub fn finish_outputs(
+        &self,
+        request: &InferRequest,
+        outputs: Vec<Tensor>,
+        batch_size: u64,
+    ) -> Result<Vec<Tensor>, Error> {
+        let mut selected = Vec::with_capacity(outputs.len());
+        for mut tensor in outputs {
+            let requested = if request.outputs.is_empty() {
+                None
+            } else {
+                match request.outputs.iter().find(|o| o.name == tensor.name) {
+                    Some(r) => Some(r),
+                    None => continue,
+                }
+            };
+            let spec = self.outputs.iter().find(|s| s.name == tensor.name);
+            if let Some(spec) = spec.filter(|s| s.reshape.is_some()) {
+                // Back from the backend's reshaped form to the declared dims.
+                let mut shape = Vec::new();
+                if self.batching() {
+                    shape.push(batch_size as i64);
+                }
+                let per_item = tensor.element_count()? / batch_size.max(1) as usize;
+                let fixed: i64 = spec.dims.iter().filter(|d| **d != -1).product();
+                shape.extend(spec.dims.iter().map(|&d| {
+                    if d == -1 && fixed > 0 {
+                        per_item as i64 / fixed
+                    } else {
+                        d
+                    }
+                }));
+                tensor.shape = shape;
+            }
+            if let Some(k) = requested.and_then(|r| r.classification) {
+                let labels = spec.and_then(|s| s.labels.as_deref());
+                tensor = classify(&tensor, k, self.batching(), labels)?;
+            }
+            selected.push(tensor);
+        }
+        Ok(selected)
+    }
+}
+
+fn spec(
+    name: &str,
+    data_type: i32,
+    dims: &[i64],
+    reshape: Option<Vec<i64>>,
+    optional: bool,
+    labels: Option<Arc<Vec<String>>>,
+) -> Result<TensorSpec, Error> {
+    let datatype = DataType::from_config(data_type)
+        .ok_or_else(|| Error::invalid_arg(format!("tensor '{name}' must specify 'data_type'")))?;
+    Ok(TensorSpec {
+        name: name.to_string(),
+        datatype,
+        dims: dims.to_vec(),
+        reshape,
+        optional,
+        labels,
+    })
+}
+
+fn read_labels(path: &Path) -> Result<Vec<String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::invalid_arg(format!("failed to read label file {}: {e}", path.display()))
+    })?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+/// The classification extension: the top `k` entries of each batch item as
+/// `"<value>:<index>[:<label>]"` strings (value printed like C's `%f`), shape `[batch, k]`.
+pub fn classify(
+    tensor: &Tensor,
+    k: u32,
+    batched: bool,
+    labels: Option<&Vec<String>>,
+) -> Result<Tensor, Error> {
+    let values: Vec<f64> = match tensor.datatype {
+        DataType::Bool | DataType::Uint8 => tensor.data.iter().map(|v| f64::from(*v)).collect(),
+        DataType::Int8 => tensor.to_vec::<i8>().into_iter().map(f64::from).collect(),
+        DataType::Uint16 => tensor.to_vec::<u16>().into_iter().map(f64::from).collect(),
+        DataType::Int16 => tensor.to_vec::<i16>().into_iter().map(f64::from).collect(),
+        DataType::Uint32 => tensor.to_vec::<u32>().into_iter().map(f64::from).collect(),
+        DataType::Int32 => tensor.to_vec::<i32>().into_iter().map(f64::from).collect(),
+        DataType::Uint64 => tensor
+            .to_vec::<u64>()
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        DataType::Int64 => tensor
+            .to_vec::<i64>()
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        DataType::Fp16 => tensor
+            .to_vec::<u16>()
+            .into_iter()
+            .map(|v| f64::from(half::f16::from_bits(v)))
+            .collect(),
+        DataType::Bf16 => tensor
+            .to_vec::<u16>()
+            .into_iter()
+            .map(|v| f64::from(half::bf16::from_bits(v)))
+            .collect(),
+        DataType::Fp32 => tensor.to_vec::<f32>().into_iter().map(f64::from).collect(),
+        DataType::Fp64 => tensor.to_vec::<f64>(),
+        DataType::Bytes => {
+            return Err(Error::invalid_arg(format!(
+                "class result not available for output '{}' due to unsupported type 'BYTES'",
+                tensor.name
+            )))
+        }
+    };
+    let rows = if batched {
+        tensor.shape.first().copied().unwrap_or(1).max(1) as usize
+    } else {
+        1
+    };
+    let per_row = if rows == 0 { 0 } else { values.len() / rows };
+    let k = (k as usize).min(per_row);
+    let mut strings = Vec::with_capacity(rows * k);
+    for row in values.chunks(per_row.max(1)).take(rows) {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        // Highest first; ties keep the lower index first, NaN sorts last.
+        order.sort_by(|&a, &b| {
+            row[b]
+                .partial_cmp(&row[a])
+                .unwrap_or_else(|| row[a].is_nan().cmp(&row[b].is_nan()))
+                .then(a.cmp(&b))
+        });
+        for &index in order.iter().take(k) {
+            let mut s = format!("{:.6}:{index}", row[index]);
+            if let Some(label) = labels.and_then(|l| l.get(index)) {
+                s.push(':');
+                s.push_str(label);
+            }
+            strings.push(s);
+        }
+    }
+    let shape = if batched {
+        vec![rows as i64, k as i64]
+    } else {
+        vec![k as i64]
+    };
+    let data = encode_bytes_elements(&strings);
+    debug_assert_eq!(bytes_elements(&data).count(), strings.len());
+    Ok(Tensor::new(
+        tensor.name.clone(),
+        DataType::Bytes,
+        shape,
+        data,
+    ))
+}
+
+/// Instances to start: the sum of the config's `instance_group` counts, at least one.
+fn instance_count(config: &ModelConfig) -> usize {
+    let total: i64 = config
+        .instance_group
+        .iter()
+        .map(|g| i64::from(g.count.max(1)))
+        .sum();
+    total.max(1) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_strings() {
+        let t = Tensor::from_f32("P", vec![2, 3], &[0.1, 0.7, 0.2, 0.5, 0.25, 0.25]);
+        let labels = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let out = classify(&t, 2, true, Some(&labels)).unwrap();
+        assert_eq!(out.shape, vec![2, 2]);
+        let strings: Vec<&[u8]> = bytes_elements(&out.data).map(|e| e.unwrap()).collect();
+        assert_eq!(
+            strings,
+            vec![
+                &b"0.700000:1:b"[..],
+                b"0.200000:2:c",
+                b"0.500000:0:a",
+                b"0.250000:1:b"
+            ]
+        );
+        // k larger than the row is clamped; no labels means no third field.
+        let out = classify(&Tensor::from_f32("P", vec![2], &[1.0, 3.0]), 5, false, None).unwrap();
+        assert_eq!(out.shape, vec![2]);
+        let strings: Vec<&[u8]> = bytes_elements(&out.data).map(|e| e.unwrap()).collect();
+        assert_eq!(strings, vec![&b"3.000000:1"[..], b"1.000000:0"]);
+    }
+
+    #[test]
+    fn instance_counts() {
+        let mut c = ModelConfig::default();
+        assert_eq!(instance_count(&c), 1);
+        c.instance_group = vec![Default::default(), Default::default()];
+        c.instance_group[0].count = 3;
+        assert_eq!(instance_count(&c), 4);
+    }
+}

@@ -1,0 +1,343 @@
+//! Reads a Triton-layout model repository: `<repo>/<model>/config.pbtxt` and numeric version
+//! folders `<repo>/<model>/<version>/`. Scanning only reads; loading is the registry's job.
+//!
+//! A model whose folder is unusable (no config, a config that does not parse or validate, no
+//! version selected by its policy) is still returned, with the reason, so that it is reported
+//! UNAVAILABLE instead of taking the server down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nereid_protocol::inference::{model_version_policy::PolicyChoice, ModelConfig};
+use nereid_protocol::{config, DataType};
+
+/// Folder names that a publisher uses while it writes a version; never loaded.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// One model folder as found on disk.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    pub name: String,
+    pub path: PathBuf,
+    /// The parsed and validated config, or why there is none.
+    pub config: Result<Arc<ModelConfig>, String>,
+    /// Versions selected by the version policy (ascending). Empty when the config failed.
+    pub versions: Vec<u64>,
+}
+
+/// Lists the models of `repository`, sorted by name.
+pub fn scan(repository: &Path) -> std::io::Result<Vec<ModelSource>> {
+    let mut models = Vec::new();
+    for entry in std::fs::read_dir(repository)? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if is_hidden(&name) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        models.push(read_model(&name, &entry.path()));
+    }
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(models)
+}
+
+/// Reads one model folder.
+pub fn read_model(name: &str, path: &Path) -> ModelSource {
+    let mut source = ModelSource {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        config: Err(String::new()),
+        versions: Vec::new(),
+    };
+    let config = match load_config(name, path) {
+        Ok(config) => config,
+        Err(reason) => {
+            source.config = Err(reason);
+            return source;
+        }
+    };
+    let available = match version_folders(path) {
+        Ok(v) => v,
+        Err(e) => {
+            source.config = Err(format!("failed to list versions of model '{name}': {e}"));
+            return source;
+        }
+    };
+    source.versions = select_versions(&config, &available);
+    source.config = if source.versions.is_empty() {
+        Err(format!(
+            "at least one version must be available under the version policy of model '{name}'"
+        ))
+    } else {
+        Ok(Arc::new(config))
+    };
+    source
+}
+
+fn load_config(name: &str, path: &Path) -> Result<ModelConfig, String> {
+    let file = path.join("config.pbtxt");
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("failed to read {}: {e}", file.display()))?;
+    let mut config =
+        config::parse_pbtxt(&text, &file.display().to_string()).map_err(|e| e.message)?;
+    if config.name.is_empty() {
+        config.name = name.to_string();
+    } else if config.name != name {
+        return Err(format!(
+            "model name '{}' in {} does not match its folder name '{name}'",
+            config.name,
+            file.display()
+        ));
+    }
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Numeric version folders; others (and names with a leading zero) are ignored, as Triton does.
+fn version_folders(path: &Path) -> std::io::Result<Vec<u64>> {
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('0') || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        if let Ok(version) = name.parse::<u64>() {
+            versions.push(version);
+        }
+    }
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+fn select_versions(config: &ModelConfig, available: &[u64]) -> Vec<u64> {
+    let policy = config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref());
+    match policy {
+        Some(PolicyChoice::All(_)) => available.to_vec(),
+        Some(PolicyChoice::Specific(specific)) => available
+            .iter()
+            .copied()
+            .filter(|v| specific.versions.iter().any(|s| *s as u64 == *v && *s >= 0))
+            .collect(),
+        Some(PolicyChoice::Latest(latest)) => {
+            let n = latest.num_versions.max(1) as usize;
+            available[available.len().saturating_sub(n)..].to_vec()
+        }
+        None => available.last().copied().into_iter().collect(),
+    }
+}
+
+/// Checks a config for what Triton rejects before loading; messages follow Triton's.
+pub fn validate(config: &ModelConfig) -> Result<(), String> {
+    let m = &config.name;
+    if config.max_batch_size < 0 {
+        return Err(format!(
+            "'max_batch_size' must be non-negative value for {m}"
+        ));
+    }
+    let is_ensemble = config.platform == "ensemble";
+    if !is_ensemble && config.backend.is_empty() && config.platform.is_empty() {
+        return Err(format!(
+            "model '{m}' must specify 'backend' (for example \"identity\" or \"candle\")"
+        ));
+    }
+    let mut seen = BTreeMap::new();
+    for input in &config.input {
+        if input.name.is_empty() {
+            return Err(format!("model input must specify 'name' for {m}"));
+        }
+        if DataType::from_config(input.data_type).is_none() {
+            return Err(format!(
+                "model input '{}' must specify 'data_type'",
+                input.name
+            ));
+        }
+        check_dims(
+            "input",
+            &input.name,
+            &input.dims,
+            input.reshape.as_ref().map(|r| &r.shape[..]),
+            m,
+        )?;
+        if seen.insert(input.name.as_str(), ()).is_some() {
+            return Err(format!(
+                "model input '{}' is specified more than once for {m}",
+                input.name
+            ));
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for output in &config.output {
+        if output.name.is_empty() {
+            return Err(format!("model output must specify 'name' for {m}"));
+        }
+        if DataType::from_config(output.data_type).is_none() {
+            return Err(format!(
+                "model output '{}' must specify 'data_type'",
+                output.name
+            ));
+        }
+        check_dims(
+            "output",
+            &output.name,
+            &output.dims,
+            output.reshape.as_ref().map(|r| &r.shape[..]),
+            m,
+        )?;
+        if seen.insert(output.name.as_str(), ()).is_some() {
+            return Err(format!(
+                "model output '{}' is specified more than once for {m}",
+                output.name
+            ));
+        }
+    }
+    if is_ensemble {
+        return Err(format!(
+            "model '{m}': ensemble scheduling is not supported by this server yet"
+        ));
+    }
+    Ok(())
+}
+
+fn check_dims(
+    kind: &str,
+    name: &str,
+    dims: &[i64],
+    reshape: Option<&[i64]>,
+    m: &str,
+) -> Result<(), String> {
+    if dims.iter().any(|d| *d < -1) {
+        return Err(format!("model {kind} '{name}' has an invalid dimension in dims for {m}: only -1 may be negative"));
+    }
+    if let Some(reshape) = reshape {
+        let fixed = |d: &[i64]| d.iter().all(|x| *x >= 0);
+        if fixed(dims) && fixed(reshape) {
+            let product = |d: &[i64]| d.iter().product::<i64>();
+            if product(dims) != product(reshape) {
+                return Err(format!(
+                    "model {kind} '{name}' has different size for dims and reshape for {m}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    const IDENTITY: &str = r#"backend: "identity" max_batch_size: 4
+input [ { name: "I" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "O" data_type: TYPE_FP32 dims: [ 2 ] } ]"#;
+
+    #[test]
+    fn finds_numeric_versions_and_applies_policies() {
+        let repo = tempfile::tempdir().unwrap();
+        let model = repo.path().join("m");
+        write(&model.join("config.pbtxt"), IDENTITY);
+        for v in ["1", "2", "10", "007", "abc", ".staging-11"] {
+            std::fs::create_dir_all(model.join(v)).unwrap();
+        }
+        std::fs::write(model.join("3"), "a file, not a version").unwrap();
+        let models = scan(repo.path()).unwrap();
+        assert_eq!(models.len(), 1);
+        assert_eq!(models[0].versions, vec![10], "latest 1 by default");
+        assert!(models[0].config.is_ok());
+
+        let all = format!("{IDENTITY}\nversion_policy: {{ all {{ }} }}");
+        write(&model.join("config.pbtxt"), &all);
+        assert_eq!(read_model("m", &model).versions, vec![1, 2, 10]);
+        let latest = format!("{IDENTITY}\nversion_policy: {{ latest {{ num_versions: 2 }} }}");
+        write(&model.join("config.pbtxt"), &latest);
+        assert_eq!(read_model("m", &model).versions, vec![2, 10]);
+        let specific = format!("{IDENTITY}\nversion_policy: {{ specific {{ versions: [1, 5] }} }}");
+        write(&model.join("config.pbtxt"), &specific);
+        assert_eq!(read_model("m", &model).versions, vec![1]);
+    }
+
+    #[test]
+    fn unusable_models_carry_a_reason() {
+        let repo = tempfile::tempdir().unwrap();
+        write(&repo.path().join("noconfig/1/x"), "");
+        write(
+            &repo.path().join("bad/config.pbtxt"),
+            "max_batch_size: -1 backend: \"identity\"",
+        );
+        std::fs::create_dir_all(repo.path().join("bad/1")).unwrap();
+        write(&repo.path().join("noversion/config.pbtxt"), IDENTITY);
+        write(
+            &repo.path().join("wrongname/config.pbtxt"),
+            &format!("name: \"other\" {IDENTITY}"),
+        );
+        std::fs::create_dir_all(repo.path().join("wrongname/1")).unwrap();
+        write(
+            &repo.path().join("garbled/config.pbtxt"),
+            "input [ { name: ",
+        );
+        std::fs::create_dir_all(repo.path().join("garbled/1")).unwrap();
+        let models = scan(repo.path()).unwrap();
+        let reason = |n: &str| {
+            models
+                .iter()
+                .find(|m| m.name == n)
+                .unwrap()
+                .config
+                .clone()
+                .unwrap_err()
+        };
+        assert!(
+            reason("noconfig").contains("config.pbtxt"),
+            "{}",
+            reason("noconfig")
+        );
+        assert_eq!(
+            reason("bad"),
+            "'max_batch_size' must be non-negative value for bad"
+        );
+        assert!(reason("noversion").contains("at least one version"));
+        assert!(reason("wrongname").contains("does not match"));
+        assert!(
+            reason("garbled").contains("failed to parse"),
+            "{}",
+            reason("garbled")
+        );
+        assert!(
+            reason("garbled").contains("garbled/config.pbtxt"),
+            "{}",
+            reason("garbled")
+        );
+    }
+
+    #[test]
+    fn validation_messages() {
+        let parse = |t: &str| config::parse_pbtxt(t, "c").unwrap();
+        let mut c = parse(r#"name: "m" backend: "identity" input [ { name: "I" dims: [1] } ]"#);
+        assert_eq!(
+            validate(&c).unwrap_err(),
+            "model input 'I' must specify 'data_type'"
+        );
+        c = parse(
+            r#"name: "m" backend: "identity" input [ { name: "I" data_type: TYPE_FP32 dims: [4] reshape: { shape: [3] } } ]"#,
+        );
+        assert_eq!(
+            validate(&c).unwrap_err(),
+            "model input 'I' has different size for dims and reshape for m"
+        );
+        c = parse(r#"name: "m" input [ { name: "I" data_type: TYPE_FP32 dims: [4] } ]"#);
+        assert!(validate(&c).unwrap_err().contains("must specify 'backend'"));
+    }
+}

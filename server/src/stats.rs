@@ -1,0 +1,173 @@
+//! Per-model-version statistics, the source of the statistics extension (and of metrics).
+//!
+//! Counting follows Triton: `success`/`fail` count requests, `inference_count` counts batch
+//! items, `execution_count` counts model executions; durations are nanoseconds. One mutex per
+//! model version: updates are a handful of additions per request, far below compute time.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nereid_protocol::inference::{
+    InferBatchStatistics, InferStatistics, ModelStatistics, StatisticDuration,
+};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    pub count: u64,
+    pub ns: u64,
+}
+
+impl Counter {
+    fn add(&mut self, d: Duration) {
+        self.count += 1;
+        self.ns += d.as_nanos() as u64;
+    }
+
+    fn message(self) -> Option<StatisticDuration> {
+        Some(StatisticDuration {
+            count: self.count,
+            ns: self.ns,
+        })
+    }
+}
+
+/// Time spent in each phase of one execution.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExecutionTimes {
+    pub compute_input: Duration,
+    pub compute_infer: Duration,
+    pub compute_output: Duration,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub last_inference_ms: u64,
+    pub inference_count: u64,
+    pub execution_count: u64,
+    pub success: Counter,
+    pub fail: Counter,
+    pub queue: Counter,
+    pub compute_input: Counter,
+    pub compute_infer: Counter,
+    pub compute_output: Counter,
+    /// Per batch size: executions of that size, with their phase times.
+    pub batches: BTreeMap<u64, [Counter; 3]>,
+}
+
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    inner: Mutex<Snapshot>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ModelStats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        // A panic while holding this lock leaves plain counters behind; keep counting.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One model execution over `batch_size` items.
+    pub fn record_execution(&self, batch_size: u64, times: ExecutionTimes) {
+        let mut s = self.lock();
+        s.execution_count += 1;
+        s.inference_count += batch_size;
+        let entry = s.batches.entry(batch_size).or_default();
+        entry[0].add(times.compute_input);
+        entry[1].add(times.compute_infer);
+        entry[2].add(times.compute_output);
+    }
+
+    /// A request that completed; its queue and compute times are attributed to the request.
+    pub fn record_success(&self, total: Duration, queue: Duration, times: ExecutionTimes) {
+        let mut s = self.lock();
+        s.last_inference_ms = now_ms();
+        s.success.add(total);
+        s.queue.add(queue);
+        s.compute_input.add(times.compute_input);
+        s.compute_infer.add(times.compute_infer);
+        s.compute_output.add(times.compute_output);
+    }
+
+    pub fn record_failure(&self, total: Duration) {
+        let mut s = self.lock();
+        s.last_inference_ms = now_ms();
+        s.fail.add(total);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
+    /// The statistics extension's message for this model version.
+    pub fn to_message(&self, name: &str, version: u64) -> ModelStatistics {
+        let s = self.snapshot();
+        ModelStatistics {
+            name: name.to_string(),
+            version: version.to_string(),
+            last_inference: s.last_inference_ms,
+            inference_count: s.inference_count,
+            execution_count: s.execution_count,
+            inference_stats: Some(InferStatistics {
+                success: s.success.message(),
+                fail: s.fail.message(),
+                queue: s.queue.message(),
+                compute_input: s.compute_input.message(),
+                compute_infer: s.compute_infer.message(),
+                compute_output: s.compute_output.message(),
+                cache_hit: Counter::default().message(),
+                cache_miss: Counter::default().message(),
+            }),
+            batch_stats: s
+                .batches
+                .iter()
+                .map(
+                    |(&batch_size, [input, infer, output])| InferBatchStatistics {
+                        batch_size,
+                        compute_input: input.message(),
+                        compute_infer: infer.message(),
+                        compute_output: output.message(),
+                    },
+                )
+                .collect(),
+            memory_usage: Vec::new(),
+            response_stats: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_requests_items_and_executions() {
+        let stats = ModelStats::default();
+        let t = ExecutionTimes {
+            compute_input: Duration::from_nanos(10),
+            compute_infer: Duration::from_nanos(100),
+            compute_output: Duration::from_nanos(1),
+        };
+        stats.record_execution(4, t);
+        stats.record_execution(2, t);
+        stats.record_success(Duration::from_nanos(500), Duration::from_nanos(50), t);
+        stats.record_failure(Duration::from_nanos(7));
+        let m = stats.to_message("m", 3);
+        assert_eq!((m.inference_count, m.execution_count), (6, 2));
+        assert_eq!(m.version, "3");
+        let inference = m.inference_stats.unwrap();
+        assert_eq!(inference.success.unwrap().count, 1);
+        assert_eq!(inference.fail.unwrap().ns, 7);
+        assert_eq!(inference.cache_hit.unwrap().count, 0);
+        assert_eq!(m.batch_stats.len(), 2);
+        assert_eq!(m.batch_stats[0].batch_size, 2);
+        assert_eq!(m.batch_stats[1].compute_infer.unwrap().ns, 100);
+    }
+}
