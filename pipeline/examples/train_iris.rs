@@ -46,6 +46,7 @@ parameters { key: "nereid.architecture" value: { string_value: "mlp" } }
 parameters { key: "nereid.activation" value: { string_value: "relu" } }
 parameters { key: "nereid.output_activation" value: { string_value: "softmax" } }
 instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { }
 "#;
 
 fn main() -> ExitCode {

@@ -38,6 +38,24 @@ pub mod inference {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("inference");
 
+    impl ModelConfig {
+        /// The `dynamic_batching` member of the `scheduling_choice` oneof.
+        pub fn dynamic_batching(&self) -> Option<&ModelDynamicBatching> {
+            match &self.scheduling_choice {
+                Some(model_config::SchedulingChoice::DynamicBatching(b)) => Some(b),
+                _ => None,
+            }
+        }
+
+        /// The `ensemble_scheduling` member of the `scheduling_choice` oneof.
+        pub fn ensemble_scheduling(&self) -> Option<&ModelEnsembling> {
+            match &self.scheduling_choice {
+                Some(model_config::SchedulingChoice::EnsembleScheduling(e)) => Some(e),
+                _ => None,
+            }
+        }
+    }
+
     /// Encoded `FileDescriptorSet` of the protos above, for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));

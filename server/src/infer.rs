@@ -1,14 +1,20 @@
 //! [`Infer`]: the one cloneable handle that both front ends call. Model resolution, validation,
 //! execution, output selection and statistics happen here, once, for HTTP and gRPC alike.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use nereid_protocol::{Error, InferRequest, InferResponse};
+use nereid_protocol::{Error, InferRequest, InferResponse, RequestedOutput, Tensor};
 
+use crate::ensemble::EnsemblePlan;
 use crate::model::ModelVersion;
 use crate::registry::ModelRegistry;
+use crate::scheduler::Executed;
+use crate::stats::ExecutionTimes;
 
 /// Extensions of the protocol this server implements, as listed in server metadata.
 pub const EXTENSIONS: [&str; 5] = [
@@ -86,7 +92,20 @@ impl Infer {
         let result = async {
             let prepared = model.prepare(&mut request)?;
             let batch_size = prepared.batch_size;
-            let executed = model.execute(prepared).await?;
+            let executed = match model.ensemble() {
+                Some(plan) => {
+                    let outputs = self.run_ensemble(model, plan, prepared.inputs).await?;
+                    model
+                        .stats
+                        .record_execution(batch_size, ExecutionTimes::default());
+                    Executed {
+                        outputs,
+                        queue: Duration::ZERO,
+                        times: ExecutionTimes::default(),
+                    }
+                }
+                None => model.execute(prepared).await?,
+            };
             let outputs = model.finish_outputs(&request, executed.outputs, batch_size)?;
             Ok::<_, Error>((outputs, executed.queue, executed.times))
         }
@@ -107,5 +126,99 @@ impl Infer {
                 Err(err)
             }
         }
+    }
+
+    /// Runs an ensemble's steps as their inputs become ready (independent steps concurrently),
+    /// each through its composing model's own scheduler. Boxed: a step may itself be an
+    /// ensemble, which makes this recursive.
+    fn run_ensemble<'a>(
+        &'a self,
+        ensemble: &'a ModelVersion,
+        plan: &'a EnsemblePlan,
+        inputs: Vec<Tensor>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Tensor>, Error>> + Send + 'a>> {
+        Box::pin(async move {
+            let prefix = |err: Error| {
+                Error::new(
+                    err.code,
+                    format!("in ensemble '{}', {}", ensemble.name, err.message),
+                )
+            };
+            let mut tensors: HashMap<String, Tensor> =
+                inputs.into_iter().map(|t| (t.name.clone(), t)).collect();
+            let mut done = vec![false; plan.steps.len()];
+            while done.iter().any(|d| !d) {
+                let ready: Vec<usize> = (0..plan.steps.len())
+                    .filter(|&i| {
+                        !done[i]
+                            && plan.steps[i]
+                                .inputs
+                                .iter()
+                                .all(|(_, t)| tensors.contains_key(t))
+                    })
+                    .collect();
+                if ready.is_empty() {
+                    return Err(Error::internal(format!(
+                        "ensemble '{}' cannot make progress. This is a bug.",
+                        ensemble.name
+                    )));
+                }
+                let runs = ready.iter().map(|&i| {
+                    let step = &plan.steps[i];
+                    let request = InferRequest {
+                        inputs: step
+                            .inputs
+                            .iter()
+                            .map(|(model_input, tensor)| Tensor {
+                                name: model_input.clone(),
+                                ..tensors[tensor].clone()
+                            })
+                            .collect(),
+                        outputs: step
+                            .outputs
+                            .iter()
+                            .map(|(model_output, _)| RequestedOutput {
+                                name: model_output.clone(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    };
+                    self.infer(&step.model, &step.version, request)
+                });
+                let results = futures_util::future::join_all(runs).await;
+                for (&i, result) in ready.iter().zip(results) {
+                    let response = result.map_err(prefix)?;
+                    for output in response.outputs {
+                        if let Some((_, tensor)) = plan.steps[i]
+                            .outputs
+                            .iter()
+                            .find(|(o, _)| *o == output.name)
+                        {
+                            tensors.insert(
+                                tensor.clone(),
+                                Tensor {
+                                    name: tensor.clone(),
+                                    ..output
+                                },
+                            );
+                        }
+                    }
+                    done[i] = true;
+                }
+            }
+            ensemble
+                .outputs
+                .iter()
+                .map(|spec| {
+                    tensors.remove(&spec.name).ok_or_else(|| {
+                        Error::internal(format!(
+                            "in ensemble '{}', no step produced output '{}'",
+                            ensemble.name, spec.name
+                        ))
+                    })
+                })
+                .collect()
+        })
     }
 }

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod batcher;
+pub mod ensemble;
 pub mod grpc;
 pub mod http;
 pub mod infer;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nereid_protocol::inference::{
     model_metadata_response::TensorMetadata, ModelConfig, ModelMetadataResponse,
@@ -14,7 +15,9 @@ use nereid_protocol::{
 };
 
 use crate::backend::{self, LoadContext};
-use crate::scheduler::Scheduler;
+use crate::batcher::Policy;
+use crate::ensemble::EnsemblePlan;
+use crate::scheduler::{Executed, Scheduler, Submission};
 use crate::stats::ModelStats;
 
 /// One input or output as the config declares it.
@@ -38,13 +41,25 @@ pub struct ModelVersion {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub stats: Arc<ModelStats>,
-    scheduler: Scheduler,
+    executor: Executor,
+}
+
+/// How a version runs its requests.
+enum Executor {
+    /// Through its own queue and instances.
+    Scheduled(Scheduler),
+    /// Through its composing models (see `ensemble`).
+    Ensemble(Arc<EnsemblePlan>),
 }
 
 /// A request checked against the model: inputs in config order, shaped for the backend.
 pub struct Prepared {
     pub inputs: Vec<Tensor>,
     pub batch_size: u64,
+    /// The `priority` parameter (0 = the model's default level).
+    pub priority: u64,
+    /// The `timeout` parameter, in microseconds on the wire.
+    pub timeout: Option<Duration>,
 }
 
 impl ModelVersion {
@@ -84,19 +99,26 @@ impl ModelVersion {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let ctx = LoadContext {
-            config: Arc::clone(&config),
-            version,
-            version_dir: model_dir.join(version.to_string()),
-        };
-        let count = instance_count(&config);
-        let instances = (0..count)
-            .map(|_| backend::create(&ctx))
-            .collect::<Result<Vec<_>, _>>()?;
         let stats = Arc::new(ModelStats::default());
-        let scheduler = Scheduler::start(&name, instances, Arc::clone(&stats)).map_err(|e| {
-            Error::internal(format!("failed to start instances of model '{name}': {e}"))
-        })?;
+        let executor = if config.platform == "ensemble" {
+            let plan = EnsemblePlan::from_config(&config).map_err(Error::invalid_arg)?;
+            Executor::Ensemble(Arc::new(plan))
+        } else {
+            let ctx = LoadContext {
+                config: Arc::clone(&config),
+                version,
+                version_dir: model_dir.join(version.to_string()),
+            };
+            let policy = Policy::from_config(&config).map_err(Error::invalid_arg)?;
+            let instances = (0..instance_count(&config))
+                .map(|_| backend::create(&ctx))
+                .collect::<Result<Vec<_>, _>>()?;
+            let scheduler = Scheduler::start(&name, policy, instances, Arc::clone(&stats))
+                .map_err(|e| {
+                    Error::internal(format!("failed to start instances of model '{name}': {e}"))
+                })?;
+            Executor::Scheduled(scheduler)
+        };
         Ok(ModelVersion {
             name,
             version,
@@ -104,7 +126,7 @@ impl ModelVersion {
             inputs,
             outputs,
             stats,
-            scheduler,
+            executor,
         })
     }
 
@@ -247,9 +269,26 @@ impl ModelVersion {
             }
             inputs.push(tensor);
         }
+        let integer = |key: &str| -> Result<Option<u64>, Error> {
+            request
+                .parameters
+                .get(key)
+                .map(|p| {
+                    p.as_u64().ok_or_else(|| {
+                        Error::invalid_arg(format!(
+                            "parameter '{key}' must be a non-negative integer"
+                        ))
+                    })
+                })
+                .transpose()
+        };
         Ok(Prepared {
             inputs,
             batch_size: batch_size.map_or(1, |b| b as u64),
+            priority: integer("priority")?.unwrap_or(0),
+            timeout: integer("timeout")?
+                .filter(|t| *t > 0)
+                .map(Duration::from_micros),
         })
     }
 
@@ -285,11 +324,39 @@ impl ModelVersion {
         Ok(shape)
     }
 
-    /// Runs a prepared request through the model's instances.
-    pub async fn execute(&self, prepared: Prepared) -> Result<crate::scheduler::Executed, Error> {
-        self.scheduler
-            .submit(prepared.inputs, prepared.batch_size)
+    /// The ensemble plan, when this version is an ensemble.
+    pub fn ensemble(&self) -> Option<&Arc<EnsemblePlan>> {
+        match &self.executor {
+            Executor::Ensemble(plan) => Some(plan),
+            Executor::Scheduled(_) => None,
+        }
+    }
+
+    /// Runs a prepared request through the model's own instances (not for ensembles, which
+    /// `Infer` runs step by step).
+    pub async fn execute(&self, prepared: Prepared) -> Result<Executed, Error> {
+        let Executor::Scheduled(scheduler) = &self.executor else {
+            return Err(Error::internal(format!(
+                "ensemble '{}' has no instances of its own. This is a bug.",
+                self.name
+            )));
+        };
+        scheduler
+            .submit(Submission {
+                inputs: prepared.inputs,
+                batch_size: prepared.batch_size,
+                priority: prepared.priority,
+                timeout: prepared.timeout,
+            })
             .await
+    }
+
+    /// Requests queued and not yet executing.
+    pub fn pending(&self) -> u64 {
+        match &self.executor {
+            Executor::Scheduled(scheduler) => scheduler.pending(),
+            Executor::Ensemble(_) => 0,
+        }
     }
 
     /// Keeps the requested outputs (all when none are listed), giving them the client's shape

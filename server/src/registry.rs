@@ -56,9 +56,37 @@ impl ModelRegistry {
     /// async runtime. A model that fails is kept as UNAVAILABLE with its reason.
     pub fn load_repository(repository: &Path) -> std::io::Result<Self> {
         let mut models = BTreeMap::new();
-        for source in repository::scan(repository)? {
+        let (ensembles, plain): (Vec<_>, Vec<_>) = repository::scan(repository)?
+            .into_iter()
+            .partition(|s| s.config.as_ref().is_ok_and(|c| c.platform == "ensemble"));
+        for source in plain {
             let entry = load_model(source);
             models.insert(entry.name.clone(), Arc::new(entry));
+        }
+        // Ensembles after the models they compose; an ensemble of ensembles waits for its
+        // inner ensembles, so load in passes until no more can be.
+        let mut waiting = ensembles;
+        loop {
+            let (ready, blocked): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|source| {
+                let plan = source
+                    .config
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| crate::ensemble::EnsemblePlan::from_config(c).ok());
+                plan.is_none_or(|p| p.composing_models().iter().all(|m| models.contains_key(*m)))
+            });
+            if ready.is_empty() {
+                for source in blocked {
+                    let entry = load_ensemble(source, &models);
+                    models.insert(entry.name.clone(), Arc::new(entry));
+                }
+                break;
+            }
+            for source in ready {
+                let entry = load_ensemble(source, &models);
+                models.insert(entry.name.clone(), Arc::new(entry));
+            }
+            waiting = blocked;
         }
         Ok(ModelRegistry {
             repository: repository.to_path_buf(),
@@ -158,6 +186,42 @@ impl ModelRegistry {
         }
         rows
     }
+}
+
+/// Resolves a ready model version in a map that is being built.
+fn lookup(
+    models: &BTreeMap<String, Arc<ModelEntry>>,
+    name: &str,
+    version: &str,
+) -> Option<Arc<ModelVersion>> {
+    let entry = models.get(name)?;
+    if version.is_empty() {
+        return entry.ready().next_back().cloned();
+    }
+    match entry.versions.get(&version.parse().ok()?)? {
+        VersionState::Ready(m) => Some(Arc::clone(m)),
+        VersionState::Unavailable(_) => None,
+    }
+}
+
+/// Loads an ensemble, then checks it against its composing models.
+fn load_ensemble(
+    source: repository::ModelSource,
+    models: &BTreeMap<String, Arc<ModelEntry>>,
+) -> ModelEntry {
+    let mut entry = load_model(source);
+    for state in entry.versions.values_mut() {
+        if let VersionState::Ready(model) = state {
+            let plan = model
+                .ensemble()
+                .expect("ensembles load with a plan. This is a bug.");
+            if let Err(reason) = plan.validate(&model.config, |n, v| lookup(models, n, v)) {
+                tracing::error!(model = %entry.name, %reason, "ensemble is unavailable");
+                *state = VersionState::Unavailable(reason);
+            }
+        }
+    }
+    entry
 }
 
 fn load_model(source: repository::ModelSource) -> ModelEntry {

@@ -200,8 +200,14 @@ pub fn validate(config: &ModelConfig) -> Result<(), String> {
         }
     }
     if is_ensemble {
+        if !config.instance_group.is_empty() {
+            return Err(format!(
+                "instance group should not be specified for ensemble '{m}'"
+            ));
+        }
+    } else if config.ensemble_scheduling().is_some() {
         return Err(format!(
-            "model '{m}': ensemble scheduling is not supported by this server yet"
+            "ensemble scheduling cannot be set for model '{m}' whose platform is not ensemble"
         ));
     }
     Ok(())

@@ -18,5 +18,8 @@ fn tritonclient_suite_passes() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     // Shown with --nocapture, and always on failure.
     println!("{stdout}\n{stderr}");
-    assert!(output.status.success(), "tritonclient suite failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "tritonclient suite failed:\n{stdout}\n{stderr}"
+    );
 }

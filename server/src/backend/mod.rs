@@ -5,7 +5,9 @@
 //! each with its full shape (batch dimension first when `max_batch_size > 0`), and returns
 //! every output of the config's `output` list, in that order.
 
+mod argmax;
 mod candle;
+mod concat;
 mod identity;
 
 use std::path::PathBuf;
@@ -37,13 +39,15 @@ impl LoadContext {
     }
 }
 
-pub const BACKENDS: [&str; 2] = ["identity", "candle"];
+pub const BACKENDS: [&str; 4] = ["identity", "candle", "concat", "argmax"];
 
 /// Creates one instance of the model's backend.
 pub fn create(ctx: &LoadContext) -> Result<Box<dyn Backend>, Error> {
     match ctx.config.backend.as_str() {
         "identity" => Ok(Box::new(identity::Identity::new(ctx)?)),
         "candle" => Ok(Box::new(candle::CandleBackend::new(ctx)?)),
+        "concat" => Ok(Box::new(concat::Concat::new(ctx)?)),
+        "argmax" => Ok(Box::new(argmax::Argmax::new(ctx)?)),
         other => {
             let named = if other.is_empty() {
                 format!("platform '{}'", ctx.config.platform)
