@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nereid_protocol::{Error, InferRequest, InferResponse, RequestedOutput, Tensor};
+use nereid_protocol::{Code, Error, InferRequest, InferResponse, RequestedOutput, Tensor};
 
 use crate::ensemble::EnsemblePlan;
 use crate::model::ModelVersion;
 use crate::registry::ModelRegistry;
 use crate::scheduler::Executed;
-use crate::stats::ExecutionTimes;
+use crate::stats::{ExecutionTimes, FailureReason};
 
 /// Extensions of the protocol this server implements, as listed in server metadata.
 pub const EXTENSIONS: [&str; 5] = [
@@ -90,11 +90,16 @@ impl Infer {
     ) -> Result<InferResponse, Error> {
         let started = Instant::now();
         let result = async {
-            let prepared = model.prepare(&mut request)?;
+            let prepared = model
+                .prepare(&mut request)
+                .map_err(|err| (err, FailureReason::Other))?;
             let batch_size = prepared.batch_size;
             let executed = match model.ensemble() {
                 Some(plan) => {
-                    let outputs = self.run_ensemble(model, plan, prepared.inputs).await?;
+                    let outputs = self
+                        .run_ensemble(model, plan, prepared.inputs)
+                        .await
+                        .map_err(|err| (err, FailureReason::Other))?;
                     model
                         .stats
                         .record_execution(batch_size, ExecutionTimes::default());
@@ -104,10 +109,19 @@ impl Infer {
                         times: ExecutionTimes::default(),
                     }
                 }
-                None => model.execute(prepared).await?,
+                None => model.execute(prepared).await.map_err(|err| {
+                    let reason = match err.code {
+                        Code::Unavailable => FailureReason::Rejected,
+                        Code::Cancelled => FailureReason::Canceled,
+                        _ => FailureReason::Backend,
+                    };
+                    (err, reason)
+                })?,
             };
-            let outputs = model.finish_outputs(&request, executed.outputs, batch_size)?;
-            Ok::<_, Error>((outputs, executed.queue, executed.times))
+            let outputs = model
+                .finish_outputs(&request, executed.outputs, batch_size)
+                .map_err(|err| (err, FailureReason::Other))?;
+            Ok::<_, (Error, FailureReason)>((outputs, executed.queue, executed.times))
         }
         .await;
         match result {
@@ -121,8 +135,8 @@ impl Infer {
                     outputs,
                 })
             }
-            Err(err) => {
-                model.stats.record_failure(started.elapsed());
+            Err((err, reason)) => {
+                model.stats.record_failure(started.elapsed(), reason);
                 Err(err)
             }
         }

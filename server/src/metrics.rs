@@ -1,96 +1,345 @@
-//! `/metrics` on the metrics port: Prometheus text with Triton's `nv_inference_*` names, read
-//! at scrape time from the same per-version statistics that the statistics extension serves.
+//! `/metrics` on the metrics port: Prometheus text with Triton's `nv_*` names and labels.
+//!
+//! Everything is read at scrape time from the per-version statistics that also feed the
+//! statistics extension, so the two always agree (average batch size = `nv_inference_count /
+//! nv_inference_exec_count`, as in the extension). Families are built with the `prometheus`
+//! crate's data model and written by its text encoder; labels are sorted as prometheus-cpp
+//! sorts them (`model`, `reason`, `version`).
 
-use std::fmt::Write;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
+    Summary,
+};
+use prometheus::{Encoder, TextEncoder};
 
+use crate::model::ModelVersion;
+use crate::stats::{FailureReason, Snapshot};
 use crate::Infer;
 
-pub fn router(infer: Infer) -> Router {
-    Router::new().fallback(handle).with_state(infer)
+/// Quantiles of `nv_inference_request_summary_us` (Triton's defaults).
+const QUANTILES: [f64; 5] = [0.5, 0.9, 0.95, 0.99, 0.999];
+
+#[derive(Clone)]
+struct MetricsState {
+    infer: Infer,
+    /// The previous `/proc/stat` reading, so utilisation covers the time since the last scrape.
+    cpu: Arc<Mutex<Option<CpuTimes>>>,
 }
 
-async fn handle(State(infer): State<Infer>, request: Request<axum::body::Body>) -> Response {
+pub fn router(infer: Infer) -> Router {
+    let state = MetricsState {
+        infer,
+        cpu: Arc::new(Mutex::new(None)),
+    };
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<MetricsState>, request: Request<axum::body::Body>) -> Response {
     if request.uri().path() != "/metrics" {
         return (StatusCode::NOT_FOUND, "Not Found").into_response();
     }
     if request.method() != Method::GET {
         return (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        render(&infer),
-    )
-        .into_response()
+    let families = gather(&state);
+    let mut body = Vec::new();
+    if let Err(err) = TextEncoder::new().encode(&families, &mut body) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to encode metrics: {err}"),
+        )
+            .into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-/// One counter family: name, help, and the value read from a snapshot.
-type Family = (
-    &'static str,
-    &'static str,
-    fn(&crate::stats::Snapshot) -> u64,
-);
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect()
+}
 
-const FAMILIES: [Family; 8] = [
-    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", |s| s.success.count),
-    ("nv_inference_count", "Number of inferences performed (does not include cached requests)", |s| s.inference_count),
-    ("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)", |s| s.execution_count),
-    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (includes cached requests)", |s| (s.success.ns + s.fail.ns) / 1000),
-    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)", |s| s.queue.ns / 1000),
-    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)", |s| s.compute_input.ns / 1000),
-    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)", |s| s.compute_infer.ns / 1000),
-    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)", |s| s.compute_output.ns / 1000),
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+fn counter(pairs: &[(&str, &str)], value: f64) -> Metric {
+    let mut metric = Metric::default();
+    metric.set_label(labels(pairs));
+    let mut c = Counter::default();
+    c.set_value(value);
+    metric.set_counter(c);
+    metric
+}
+
+fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
+    let mut metric = Metric::default();
+    metric.set_label(labels(pairs));
+    let mut g = Gauge::default();
+    g.set_value(value);
+    metric.set_gauge(g);
+    metric
+}
+
+struct ModelSample {
+    name: String,
+    version: String,
+    snapshot: Snapshot,
+    pending: u64,
+    load_secs: f64,
+    max_batch_size: u64,
+}
+
+type CounterFamily = (&'static str, &'static str, fn(&Snapshot) -> f64);
+
+const COUNTERS: [CounterFamily; 8] = [
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", |s| s.success.count as f64),
+    ("nv_inference_count", "Number of inferences performed (does not include cached requests)", |s| s.inference_count as f64),
+    ("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)", |s| s.execution_count as f64),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (includes cached requests)", |s| (s.success.ns / 1000) as f64),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)", |s| (s.queue.ns / 1000) as f64),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)", |s| (s.compute_input.ns / 1000) as f64),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)", |s| (s.compute_infer.ns / 1000) as f64),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)", |s| (s.compute_output.ns / 1000) as f64),
 ];
 
-fn render(infer: &Infer) -> String {
-    let models: Vec<_> = infer
-        .registry()
-        .all_ready()
-        .into_iter()
-        .map(|m| (m.name.clone(), m.version, m.stats.snapshot()))
-        .collect();
-    let mut out = String::new();
-    for (name, help, value) in FAMILIES {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (model, version, snapshot) in &models {
-            let _ = writeln!(
-                out,
-                "{name}{{model=\"{}\",version=\"{version}\"}} {}",
-                escape(model),
-                value(snapshot)
-            );
-        }
+fn sample(model: &ModelVersion) -> ModelSample {
+    ModelSample {
+        name: model.name.clone(),
+        version: model.version.to_string(),
+        snapshot: model.stats.snapshot(),
+        pending: model.pending(),
+        load_secs: model.load_duration.as_secs_f64(),
+        max_batch_size: model.config.max_batch_size.max(1) as u64,
     }
-    let name = "nv_inference_request_failure";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Number of failed inference requests, all batch sizes\n# TYPE {name} counter"
-    );
-    for (model, version, snapshot) in &models {
-        for reason in ["BACKEND", "CANCELED", "OTHER", "REJECTED"] {
-            // Failures are not classified by reason yet; they are all counted as OTHER.
-            let value = if reason == "OTHER" {
-                snapshot.fail.count
-            } else {
-                0
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{model=\"{}\",reason=\"{reason}\",version=\"{version}\"}} {value}",
-                escape(model)
-            );
-        }
-    }
-    out
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn gather(state: &MetricsState) -> Vec<MetricFamily> {
+    let models: Vec<ModelSample> = state
+        .infer
+        .registry()
+        .all_ready()
+        .iter()
+        .map(|m| sample(m))
+        .collect();
+    let per_model = |f: &dyn Fn(&ModelSample, &[(&str, &str)]) -> Vec<Metric>| -> Vec<Metric> {
+        models
+            .iter()
+            .flat_map(|m| f(m, &[("model", &m.name), ("version", &m.version)]))
+            .collect()
+    };
+
+    let mut families = Vec::new();
+    for (name, help, value) in COUNTERS {
+        families.push(family(
+            name,
+            help,
+            MetricType::COUNTER,
+            per_model(&|m, l| vec![counter(l, value(&m.snapshot))]),
+        ));
+    }
+    families.push(family(
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes",
+        MetricType::COUNTER,
+        per_model(&|m, _| {
+            FailureReason::ALL
+                .iter()
+                .zip(m.snapshot.failures)
+                .map(|(reason, count)| {
+                    counter(
+                        &[
+                            ("model", &m.name),
+                            ("reason", reason.label()),
+                            ("version", &m.version),
+                        ],
+                        count as f64,
+                    )
+                })
+                .collect()
+        }),
+    ));
+    families.push(family(
+        "nv_inference_pending_request_count",
+        "Instantaneous number of pending requests awaiting execution per-model.",
+        MetricType::GAUGE,
+        per_model(&|m, l| vec![gauge(l, m.pending as f64)]),
+    ));
+    families.push(family(
+        "nv_model_load_duration_secs",
+        "Model load time in seconds",
+        MetricType::GAUGE,
+        per_model(&|m, l| vec![gauge(l, m.load_secs)]),
+    ));
+    families.push(family(
+        "nv_inference_request_summary_us",
+        "Summary of inference request duration in microseconds (includes cached requests)",
+        MetricType::SUMMARY,
+        per_model(&|m, l| vec![latency_summary(&m.snapshot, l)]),
+    ));
+    families.push(family(
+        "nereid_batch_size",
+        "Batch sizes of model executions",
+        MetricType::HISTOGRAM,
+        per_model(&|m, l| vec![batch_histogram(&m.snapshot, m.max_batch_size, l)]),
+    ));
+
+    let cpu = cpu_utilization(&state.cpu);
+    families.push(family(
+        "nv_cpu_utilization",
+        "CPU utilization rate [0.0 - 1.0]",
+        MetricType::GAUGE,
+        vec![gauge(&[], cpu)],
+    ));
+    if let Some((total, used)) = memory() {
+        families.push(family(
+            "nv_cpu_memory_total_bytes",
+            "CPU total memory (RAM), in bytes",
+            MetricType::GAUGE,
+            vec![gauge(&[], total as f64)],
+        ));
+        families.push(family(
+            "nv_cpu_memory_used_bytes",
+            "CPU used memory (RAM), in bytes",
+            MetricType::GAUGE,
+            vec![gauge(&[], used as f64)],
+        ));
+    }
+    families
+}
+
+fn latency_summary(snapshot: &Snapshot, pairs: &[(&str, &str)]) -> Metric {
+    let histogram = &snapshot.request_latency_us;
+    let mut summary = Summary::default();
+    summary.set_sample_count(snapshot.success.count);
+    summary.set_sample_sum((snapshot.success.ns / 1000) as f64);
+    summary.set_quantile(
+        QUANTILES
+            .iter()
+            .map(|&q| {
+                let mut quantile = Quantile::default();
+                quantile.set_quantile(q);
+                let value = if histogram.is_empty() {
+                    f64::NAN
+                } else {
+                    histogram.value_at_quantile(q) as f64
+                };
+                quantile.set_value(value);
+                quantile
+            })
+            .collect(),
+    );
+    let mut metric = Metric::default();
+    metric.set_label(labels(pairs));
+    metric.set_summary(summary);
+    metric
+}
+
+/// Buckets at powers of two up to `max_batch_size`, filled from the per-size execution counts.
+fn batch_histogram(snapshot: &Snapshot, max_batch_size: u64, pairs: &[(&str, &str)]) -> Metric {
+    let mut bounds = Vec::new();
+    let mut bound = 1;
+    while bound < max_batch_size {
+        bounds.push(bound);
+        bound *= 2;
+    }
+    bounds.push(max_batch_size);
+    let buckets = bounds
+        .iter()
+        .map(|&upper| {
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(upper as f64);
+            bucket.set_cumulative_count(
+                snapshot
+                    .batches
+                    .range(..=upper)
+                    .map(|(_, c)| c[1].count)
+                    .sum(),
+            );
+            bucket
+        })
+        .collect();
+    let mut histogram = Histogram::default();
+    histogram.set_sample_count(snapshot.execution_count);
+    histogram.set_sample_sum(snapshot.inference_count as f64);
+    histogram.set_bucket(buckets);
+    let mut metric = Metric::default();
+    metric.set_label(labels(pairs));
+    metric.set_histogram(histogram);
+    metric
+}
+
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+fn read_cpu_times() -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().sum();
+    // idle + iowait are not busy.
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    Some(CpuTimes {
+        busy: total.saturating_sub(idle),
+        total,
+    })
+}
+
+fn cpu_utilization(previous: &Mutex<Option<CpuTimes>>) -> f64 {
+    let Some(now) = read_cpu_times() else {
+        return 0.0;
+    };
+    let mut previous = previous.lock().unwrap_or_else(|p| p.into_inner());
+    let (busy, total) = match *previous {
+        Some(before) => (
+            now.busy.saturating_sub(before.busy),
+            now.total.saturating_sub(before.total),
+        ),
+        None => (now.busy, now.total),
+    };
+    *previous = Some(now);
+    if total == 0 {
+        0.0
+    } else {
+        busy as f64 / total as f64
+    }
+}
+
+/// (total, used) bytes from `/proc/meminfo`, used = total - available.
+fn memory() -> Option<(u64, u64)> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib * 1024)
+    };
+    let total = field("MemTotal:")?;
+    let available = field("MemAvailable:")?;
+    Some((total, total.saturating_sub(available)))
 }

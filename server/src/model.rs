@@ -41,6 +41,8 @@ pub struct ModelVersion {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub stats: Arc<ModelStats>,
+    /// How long loading took (`nv_model_load_duration_secs`).
+    pub load_duration: Duration,
     executor: Executor,
 }
 
@@ -65,6 +67,7 @@ pub struct Prepared {
 impl ModelVersion {
     /// Loads one version: creates every instance's backend, then starts the workers.
     pub fn load(config: Arc<ModelConfig>, model_dir: &Path, version: u64) -> Result<Self, Error> {
+        let started = std::time::Instant::now();
         let name = config.name.clone();
         let inputs = config
             .input
@@ -126,6 +129,7 @@ impl ModelVersion {
             inputs,
             outputs,
             stats,
+            load_duration: started.elapsed(),
             executor,
         })
     }

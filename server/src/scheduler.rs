@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::Backend;
 use crate::batcher::{Decision, Entry, Policy, Reason, State};
-use crate::stats::{ExecutionTimes, ModelStats};
+use crate::stats::{ExecutionTimes, FailureReason, ModelStats};
 
 /// The result of executing one request.
 #[derive(Debug)]
@@ -102,6 +102,7 @@ impl Scheduler {
                 .spawn(move || worker.run())?;
         }
         let batcher = Batcher {
+            stats: Arc::clone(&stats),
             state: State::new(policy),
             submitted,
             idle: idle_rx,
@@ -137,6 +138,7 @@ impl Scheduler {
 
 /// The batcher actor: owns the queue, decides batches, hands them to idle instances.
 struct Batcher {
+    stats: Arc<ModelStats>,
     state: State<Job>,
     submitted: mpsc::UnboundedReceiver<(Submission, Reply)>,
     idle: mpsc::UnboundedReceiver<()>,
@@ -259,6 +261,9 @@ impl Batcher {
             .into_iter()
             .partition(|e| !e.payload.reply.is_closed());
         for entry in gone {
+            // The caller's future is gone, so this is the only place the failure is counted.
+            self.stats
+                .record_failure(entry.enqueued.elapsed(), FailureReason::Canceled);
             self.finish(
                 entry.payload,
                 Err(Error::new(

@@ -40,7 +40,46 @@ pub struct ExecutionTimes {
     pub compute_output: Duration,
 }
 
-#[derive(Debug, Default, Clone)]
+/// Why a request failed, as Triton's `nv_inference_request_failure{reason}` classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Refused by the scheduler: queue full or timed out.
+    Rejected,
+    /// The caller went away before the request ran.
+    Canceled,
+    /// The backend failed while executing.
+    Backend,
+    /// Anything else (e.g. a request that does not match the model).
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 4] = [
+        FailureReason::Rejected,
+        FailureReason::Canceled,
+        FailureReason::Backend,
+        FailureReason::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Rejected => "REJECTED",
+            FailureReason::Canceled => "CANCELED",
+            FailureReason::Backend => "BACKEND",
+            FailureReason::Other => "OTHER",
+        }
+    }
+}
+
+/// Successful request latencies in microseconds (1 µs to 1 hour, 3 significant digits).
+pub type LatencyHistogram = hdrhistogram::Histogram<u64>;
+
+fn latency_histogram() -> LatencyHistogram {
+    LatencyHistogram::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("static histogram bounds are valid. This is a bug.")
+}
+
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub last_inference_ms: u64,
     pub inference_count: u64,
@@ -53,6 +92,28 @@ pub struct Snapshot {
     pub compute_output: Counter,
     /// Per batch size: executions of that size, with their phase times.
     pub batches: BTreeMap<u64, [Counter; 3]>,
+    /// Failed requests by reason, indexed like [`FailureReason::ALL`].
+    pub failures: [u64; 4],
+    pub request_latency_us: LatencyHistogram,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            last_inference_ms: 0,
+            inference_count: 0,
+            execution_count: 0,
+            success: Counter::default(),
+            fail: Counter::default(),
+            queue: Counter::default(),
+            compute_input: Counter::default(),
+            compute_infer: Counter::default(),
+            compute_output: Counter::default(),
+            batches: BTreeMap::new(),
+            failures: [0; 4],
+            request_latency_us: latency_histogram(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -94,21 +155,48 @@ impl ModelStats {
         s.compute_input.add(times.compute_input);
         s.compute_infer.add(times.compute_infer);
         s.compute_output.add(times.compute_output);
+        // Saturates at the histogram's upper bound rather than failing.
+        s.request_latency_us
+            .saturating_record(total.as_micros().max(1) as u64);
     }
 
-    pub fn record_failure(&self, total: Duration) {
+    pub fn record_failure(&self, total: Duration, reason: FailureReason) {
         let mut s = self.lock();
         s.last_inference_ms = now_ms();
         s.fail.add(total);
+        let index = FailureReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is in ALL. This is a bug.");
+        s.failures[index] += 1;
     }
 
     pub fn snapshot(&self) -> Snapshot {
         self.lock().clone()
     }
 
+    /// Counters only, without copying the latency histogram (for the statistics extension).
+    fn counters(&self) -> Snapshot {
+        let s = self.lock();
+        Snapshot {
+            last_inference_ms: s.last_inference_ms,
+            inference_count: s.inference_count,
+            execution_count: s.execution_count,
+            success: s.success,
+            fail: s.fail,
+            queue: s.queue,
+            compute_input: s.compute_input,
+            compute_infer: s.compute_infer,
+            compute_output: s.compute_output,
+            batches: s.batches.clone(),
+            failures: s.failures,
+            request_latency_us: latency_histogram(),
+        }
+    }
+
     /// The statistics extension's message for this model version.
     pub fn to_message(&self, name: &str, version: u64) -> ModelStatistics {
-        let s = self.snapshot();
+        let s = self.counters();
         ModelStatistics {
             name: name.to_string(),
             version: version.to_string(),
@@ -158,7 +246,7 @@ mod tests {
         stats.record_execution(4, t);
         stats.record_execution(2, t);
         stats.record_success(Duration::from_nanos(500), Duration::from_nanos(50), t);
-        stats.record_failure(Duration::from_nanos(7));
+        stats.record_failure(Duration::from_nanos(7), FailureReason::Backend);
         let m = stats.to_message("m", 3);
         assert_eq!((m.inference_count, m.execution_count), (6, 2));
         assert_eq!(m.version, "3");
@@ -169,5 +257,8 @@ mod tests {
         assert_eq!(m.batch_stats.len(), 2);
         assert_eq!(m.batch_stats[0].batch_size, 2);
         assert_eq!(m.batch_stats[1].compute_infer.unwrap().ns, 100);
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.failures, [0, 0, 1, 0]);
+        assert_eq!(snapshot.request_latency_us.len(), 1);
     }
 }
