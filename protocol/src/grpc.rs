@@ -140,7 +140,7 @@ fn input_from_grpc(input: InferInputTensor, raw: Option<Bytes>, model: &str) -> 
     };
     let tensor = Tensor::new(name, datatype, input.shape, data);
     tensor.element_count()?;
-    tensor.check_byte_size()?;
+    tensor.check_byte_size(model)?;
     Ok(tensor)
 }
 

@@ -39,7 +39,8 @@ struct RequestJson<'a> {
 #[derive(Deserialize)]
 struct InputJson<'a> {
     name: String,
-    shape: Vec<u64>,
+    /// Any JSON numbers, so that a negative dimension gets Triton's own answer.
+    shape: Vec<serde_json::Number>,
     datatype: String,
     #[serde(default)]
     parameters: Option<Parameters>,
@@ -180,10 +181,18 @@ fn parse_input(
     let shape = input
         .shape
         .iter()
-        .map(|&d| i64::try_from(d))
-        .collect::<Result<Vec<i64>, _>>()
-        .map_err(|_| Error::invalid_arg(format!("invalid shape for input '{name}'")))?;
+        .map(|d| d.as_u64().and_then(|d| i64::try_from(d).ok()))
+        .collect::<Option<Vec<i64>>>()
+        // Triton answers this one with INTERNAL (500), and its tests expect exactly that.
+        .ok_or_else(|| {
+            Error::internal(
+                "Unable to parse 'shape': attempt to access JSON non-unsigned-integer as unsigned-integer",
+            )
+        })?;
     let count = element_count(&name, &shape)?;
+    // Refuse a shape whose byte size overflows before reading any data for it.
+    Tensor::new(name.clone(), datatype, shape.clone(), Bytes::new())
+        .expected_byte_size(model_name)?;
 
     let parameters = input.parameters.unwrap_or_default();
     let binary_size = parameters.get("binary_data_size");
@@ -242,7 +251,7 @@ fn parse_input(
         decode_json_data(raw.get(), datatype, count, &name)?
     };
     let tensor = Tensor::new(name, datatype, shape, data);
-    tensor.check_byte_size()?;
+    tensor.check_byte_size(model_name)?;
     Ok(tensor)
 }
 
@@ -293,10 +302,12 @@ pub fn decode_json_data(
     expected: usize,
     name: &str,
 ) -> Result<Bytes> {
-    let capacity = datatype
-        .element_size()
-        .map_or(expected * 8, |s| expected * s);
-    let mut out = Vec::with_capacity(capacity.min(1 << 26));
+    // Sized from the shape, but never beyond what the JSON text can hold (every element takes
+    // at least one character of it).
+    let capacity = expected
+        .saturating_mul(datatype.element_size().unwrap_or(8))
+        .min(json.len().saturating_mul(8));
+    let mut out = Vec::with_capacity(capacity);
     let mut count = 0usize;
     let mut deserializer = serde_json::Deserializer::from_str(json);
     DataSeed {
@@ -307,14 +318,9 @@ pub fn decode_json_data(
     .deserialize(&mut deserializer)
     .and_then(|()| deserializer.end())
     .map_err(|e| Error::invalid_arg(format!("Unable to parse 'data' of input '{name}': {e}")))?;
-    if count < expected {
+    if count != expected {
         return Err(Error::invalid_arg(format!(
-            "Failed to parse 'data' field: shape does not match true shape of 'data' field for input '{name}': expected {expected} elements, got {count}"
-        )));
-    }
-    if count > expected {
-        return Err(Error::invalid_arg(format!(
-            "Unable to parse 'data': Shape does not match true shape of 'data' field for input '{name}': expected {expected} elements, got {count}"
+            "Unable to parse 'data': Shape does not match true shape of 'data' field (input '{name}': the shape has {expected} elements, the data {count})"
         )));
     }
     Ok(Bytes::from(out))
@@ -587,7 +593,7 @@ mod tests {
             parse(r#"{"inputs":[{"name":"A","shape":[3],"datatype":"INT32","data":[1,2]}]}"#)
                 .unwrap_err();
         assert!(
-            short.message.contains("shape does not match true shape"),
+            short.message.contains("Shape does not match true shape"),
             "{}",
             short.message
         );
@@ -610,13 +616,22 @@ mod tests {
             r#"{"inputs":[{"name":"A","shape":[1],"datatype":"BOOL","data":[1]}]}"#,
             r#"{"inputs":[{"name":"A","shape":[1],"datatype":"NOPE","data":[1]}]}"#,
             r#"{"inputs":[{"name":"A","shape":[1],"datatype":"FP16","data":[1]}]}"#,
-            r#"{"inputs":[{"name":"A","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
             r#"{"inputs":[{"name":"A","shape":[1],"datatype":"FP32"}]}"#,
             r#"{"inputs": [}"#,
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.code, crate::Code::InvalidArg, "{bad}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn negative_dimensions_and_overflow() {
+        let err = parse(r#"{"inputs":[{"name":"A","shape":[-1],"datatype":"FP32","data":[1]}]}"#)
+            .unwrap_err();
+        assert_eq!(err.code, crate::Code::Internal);
+        assert!(err.message.starts_with("Unable to parse 'shape'"));
+        let err = parse(r#"{"inputs":[{"name":"A","shape":[4, 1152921504606846978],"datatype":"FP32","data":[1]}]}"#).unwrap_err();
+        assert!(err.message.contains("overflow"), "{}", err.message);
     }
 
     #[test]

@@ -115,40 +115,52 @@ impl Tensor {
         element_count(&self.name, &self.shape)
     }
 
-    /// Checks that the buffer holds exactly the elements the shape says.
-    pub fn check_byte_size(&self) -> Result<()> {
-        let expected = self.element_count()?;
-        match self.datatype.element_size() {
-            Some(size) => {
-                let bytes = expected.checked_mul(size).ok_or_else(|| {
-                    Error::invalid_arg(format!("byte size overflow for input '{}'", self.name))
-                })?;
-                if self.data.len() != bytes {
-                    return Err(Error::invalid_arg(format!(
-                        "unexpected total byte size {} for input '{}', expecting {}",
-                        self.data.len(),
-                        self.name,
-                        bytes
-                    )));
-                }
+    /// Bytes the shape implies for a fixed-size datatype (`None` for BYTES), refusing overflow.
+    pub fn expected_byte_size(&self, model: &str) -> Result<Option<usize>> {
+        let count = self.element_count()?;
+        let Some(size) = self.datatype.element_size() else {
+            return Ok(None);
+        };
+        count
+            .checked_mul(size)
+            .filter(|b| *b <= i64::MAX as usize)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid_arg(format!(
+                    "byte size overflow for input '{}' for model '{model}'",
+                    self.name
+                ))
+            })
+    }
+
+    /// Checks that the buffer holds exactly the elements the shape says (Triton's messages,
+    /// which name the model).
+    pub fn check_byte_size(&self, model: &str) -> Result<()> {
+        let name = &self.name;
+        if let Some(bytes) = self.expected_byte_size(model)? {
+            if self.data.len() != bytes {
+                return Err(Error::invalid_arg(format!(
+                    "input byte size mismatch for input '{name}' for model '{model}'. Expected {bytes}, got {}",
+                    self.data.len()
+                )));
             }
-            None => match count_bytes_elements(&self.data) {
-                Some(found) if found == expected => {}
-                Some(found) => {
-                    return Err(Error::invalid_arg(format!(
-                        "expected {expected} string elements for inference input '{}', got {found}",
-                        self.name
-                    )))
-                }
-                None => {
-                    return Err(Error::invalid_arg(format!(
-                        "element byte size indicator exceeds the end of the buffer for inference input '{}'",
-                        self.name
-                    )))
-                }
-            },
+            return Ok(());
         }
-        Ok(())
+        let expected = self.element_count()?;
+        match count_bytes_elements(&self.data) {
+            Some(found) if found == expected => Ok(()),
+            Some(found) if found < expected => Err(Error::invalid_arg(format!(
+                "expected {expected} string elements for inference input '{name}' for model '{model}', got {found}"
+            ))),
+            // Triton stops counting one past the expected number.
+            Some(_) => Err(Error::invalid_arg(format!(
+                "unexpected number of string elements {} for inference input '{name}' for model '{model}', expecting {expected}",
+                expected + 1
+            ))),
+            None => Err(Error::invalid_arg(format!(
+                "element byte size indicator exceeds the end of the buffer for inference input '{name}' for model '{model}'"
+            ))),
+        }
     }
 
     /// The elements as `T`, copied out so that alignment never matters.
@@ -194,18 +206,26 @@ mod tests {
     #[test]
     fn byte_size_check() {
         let t = Tensor::from_f32("x", vec![1, 3], &[1.0, 2.0, 3.0]);
-        t.check_byte_size().unwrap();
+        t.check_byte_size("m").unwrap();
         let short = Tensor::new("x", DataType::Fp32, vec![1, 4], t.data.clone());
-        assert!(short.check_byte_size().is_err());
+        assert!(short
+            .check_byte_size("m")
+            .unwrap_err()
+            .message
+            .contains("input byte size mismatch"));
         let strings = Tensor::new(
             "s",
             DataType::Bytes,
             vec![2],
             encode_bytes_elements(["a", "b"]),
         );
-        strings.check_byte_size().unwrap();
+        strings.check_byte_size("m").unwrap();
         let wrong = Tensor::new("s", DataType::Bytes, vec![3], strings.data.clone());
-        assert!(wrong.check_byte_size().is_err());
+        assert!(wrong
+            .check_byte_size("m")
+            .unwrap_err()
+            .message
+            .starts_with("expected 3 string elements"));
     }
 
     #[test]

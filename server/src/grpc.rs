@@ -10,11 +10,12 @@ use nereid_protocol::inference::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
 use nereid_protocol::inference::*;
-use nereid_protocol::Error;
+use nereid_protocol::{config, Error};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::infer::{Infer, EXTENSIONS, MODEL_CONTROL_DISABLED};
+use crate::infer::{Infer, EXTENSIONS};
+use crate::registry::LoadOverride;
 
 /// Triton's gRPC message size limit, for both directions.
 pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
@@ -207,16 +208,68 @@ impl GrpcInferenceService for GrpcService {
 
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(Error::unavailable(MODEL_CONTROL_DISABLED).into())
+        let r = request.into_inner();
+        if !r.repository_name.is_empty() {
+            return Err(
+                Error::unsupported("'repository_name' specification is not supported").into(),
+            );
+        }
+        let overrides = if r.parameters.is_empty() {
+            None
+        } else {
+            let mut overrides = LoadOverride::default();
+            for (key, value) in r.parameters {
+                use model_repository_parameter::ParameterChoice;
+                match (key.as_str(), value.parameter_choice) {
+                    ("config", Some(ParameterChoice::StringParam(json))) => {
+                        overrides.config = Some(config::from_json(&json)?);
+                    }
+                    ("config", _) => {
+                        return Err(Error::invalid_arg("parameter 'config' must be a string_param holding the model configuration as JSON").into())
+                    }
+                    (file, Some(ParameterChoice::BytesParam(contents))) if file.starts_with("file:") => {
+                        overrides.files.push((file["file:".len()..].to_string(), contents));
+                    }
+                    (file, _) if file.starts_with("file:") => {
+                        return Err(Error::invalid_arg(format!("parameter '{file}' must be a bytes_param")).into())
+                    }
+                    _ => {}
+                }
+            }
+            Some(overrides)
+        };
+        self.infer.load_model(&r.model_name, overrides).await?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(Error::unavailable(MODEL_CONTROL_DISABLED).into())
+        let r = request.into_inner();
+        if !r.repository_name.is_empty() {
+            return Err(
+                Error::unsupported("'repository_name' specification is not supported").into(),
+            );
+        }
+        let dependents = match r
+            .parameters
+            .get("unload_dependents")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
+            None => false,
+            Some(model_repository_parameter::ParameterChoice::BoolParam(b)) => *b,
+            Some(_) => {
+                return Err(Error::invalid_arg(
+                    "parameter 'unload_dependents' must be a bool_param",
+                )
+                .into())
+            }
+        };
+        self.infer.unload_model(&r.model_name, dependents).await?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

@@ -18,8 +18,9 @@ use nereid_protocol::inference::{ModelStatisticsResponse, ServerMetadataResponse
 use nereid_protocol::{config, element_count, rest, Error, InferRequest, Tensor};
 use percent_encoding::percent_decode_str;
 
-use crate::infer::{Infer, EXTENSIONS, MODEL_CONTROL_DISABLED};
+use crate::infer::{Infer, EXTENSIONS};
 use crate::model::ModelVersion;
+use crate::registry::LoadOverride;
 
 /// Triton's default `--http-max-input-size` (64 MiB).
 pub const DEFAULT_MAX_INPUT_SIZE: usize = 1 << 26;
@@ -78,7 +79,8 @@ enum Route {
     ModelStats(String, String),
     ModelInfer(String, String),
     RepositoryIndex,
-    RepositoryControl,
+    RepositoryLoad(String),
+    RepositoryUnload(String),
     NamedRepository,
 }
 
@@ -121,7 +123,8 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
         ["v2", "health", "ready"] => get(Route::Ready),
         ["v2", "models", "stats"] => get(Route::AllStats),
         ["v2", "repository", "index"] => post(Route::RepositoryIndex),
-        ["v2", "repository", "models", _, "load" | "unload"] => post(Route::RepositoryControl),
+        ["v2", "repository", "models", m, "load"] => post(Route::RepositoryLoad(decode(m))),
+        ["v2", "repository", "models", m, "unload"] => post(Route::RepositoryUnload(decode(m))),
         ["v2", "repository", _, "index"]
         | ["v2", "repository", _, "models", _, "load" | "unload"] => post(Route::NamedRepository),
         ["v2", "models", rest @ ..] if !rest.is_empty() && !rest[0].is_empty() => match model(rest)
@@ -224,7 +227,27 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             let body = read_body(request, state.max_input_size).await?;
             repository_index(infer, &body)?
         }
-        Route::RepositoryControl => return Err(Error::unavailable(MODEL_CONTROL_DISABLED)),
+        Route::RepositoryLoad(m) => {
+            let body = read_body(request, state.max_input_size).await?;
+            let overrides = load_overrides(&m, &body)?;
+            infer.load_model(&m, overrides).await?;
+            empty(StatusCode::OK)
+        }
+        Route::RepositoryUnload(m) => {
+            let body = read_body(request, state.max_input_size).await?;
+            let parameters = request_parameters(&body)?;
+            let dependents = match parameters.get("unload_dependents") {
+                None => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(Error::invalid_arg(
+                        "parameter 'unload_dependents' must be a boolean",
+                    ))
+                }
+            };
+            infer.unload_model(&m, dependents).await?;
+            empty(StatusCode::OK)
+        }
         Route::NamedRepository => {
             return Err(Error::unsupported(
                 "'repository_name' specification is not supported",
@@ -232,6 +255,53 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
         }
         Route::ModelInfer(m, v) => infer_route(state, &m, &v, request).await?,
     })
+}
+
+/// The `parameters` object of a repository request body (empty body: no parameters).
+fn request_parameters(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Default::default());
+    }
+    let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}")))?;
+    match value.remove("parameters") {
+        None => Ok(Default::default()),
+        Some(serde_json::Value::Object(map)) => Ok(map),
+        Some(_) => Err(Error::invalid_arg("'parameters' must be an object")),
+    }
+}
+
+/// The load API's `config` (ModelConfig JSON as a string) and `file:<path>` (base64) parameters.
+fn load_overrides(model: &str, body: &[u8]) -> Result<Option<LoadOverride>, Error> {
+    use base64::Engine;
+    let parameters = request_parameters(body)?;
+    if parameters.is_empty() {
+        return Ok(None);
+    }
+    let mut overrides = LoadOverride::default();
+    for (key, value) in parameters {
+        if key == "config" {
+            let json = value.as_str().ok_or_else(|| {
+                Error::invalid_arg(
+                    "parameter 'config' must be a string holding the model configuration as JSON",
+                )
+            })?;
+            overrides.config = Some(config::from_json(json)?);
+        } else if let Some(path) = key.strip_prefix("file:") {
+            let encoded = value.as_str().ok_or_else(|| {
+                Error::invalid_arg(format!("parameter '{key}' must be a base64 string"))
+            })?;
+            let contents = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| {
+                    Error::invalid_arg(format!(
+                        "failed to load '{model}': parameter '{key}' is not valid base64: {e}"
+                    ))
+                })?;
+            overrides.files.push((path.to_string(), contents));
+        }
+    }
+    Ok(Some(overrides))
 }
 
 fn stats_response(models: Vec<std::sync::Arc<ModelVersion>>) -> Response {
@@ -392,20 +462,23 @@ async fn infer_route(
 fn raw_request(model: &ModelVersion, body: Bytes) -> Result<InferRequest, Error> {
     let [spec] = model.inputs.as_slice() else {
         return Err(Error::invalid_arg(format!(
-            "raw binary request body is only allowed for models with exactly one input; model '{}' has {}",
-            model.name,
-            model.inputs.len()
+            "Raw request must only have 1 input (found 1) to be deduced but got {} inputs in '{}' model configuration",
+            model.inputs.len(),
+            model.name
         )));
     };
     let mut dims = spec.dims.clone();
+    let mut body = body;
     match spec.datatype.element_size() {
         None => {
-            if dims.len() != 1 {
-                return Err(Error::invalid_arg(
-                    "raw binary request body for a BYTES input requires the input shape [1]",
-                ));
+            // One string element: the body is its bytes, without a length prefix.
+            if dims.iter().product::<i64>() != 1 || dims.iter().any(|d| *d < 0) {
+                return Err(Error::invalid_arg(format!(
+                    "For BYTE datatype raw input '{}', the model must have input shape [1]",
+                    spec.name
+                )));
             }
-            dims = vec![1];
+            body = nereid_protocol::encode_bytes_elements([&body[..]]);
         }
         Some(size) => {
             let variable: Vec<usize> = dims
@@ -415,9 +488,10 @@ fn raw_request(model: &ModelVersion, body: Bytes) -> Result<InferRequest, Error>
                 .map(|(i, _)| i)
                 .collect();
             if variable.len() > 1 {
-                return Err(Error::invalid_arg(
-                    "raw binary request body requires an input with at most one variable dimension",
-                ));
+                return Err(Error::invalid_arg(format!(
+                    "The shape of the raw input '{}' can not be deduced because there are more than one variable-sized dimension",
+                    spec.name
+                )));
             }
             if let [index] = variable[..] {
                 let fixed: i64 = dims.iter().filter(|d| **d != -1).product();
@@ -440,7 +514,7 @@ fn raw_request(model: &ModelVersion, body: Bytes) -> Result<InferRequest, Error>
     shape.extend(dims);
     element_count(&spec.name, &shape)?;
     let tensor = Tensor::new(spec.name.clone(), spec.datatype, shape, body);
-    tensor.check_byte_size()?;
+    tensor.check_byte_size(&model.name)?;
     Ok(InferRequest {
         inputs: vec![tensor],
         binary_data_output: true,
@@ -502,7 +576,7 @@ mod tests {
                     Route::ModelStats(..) => "stats",
                     Route::ModelInfer(..) => "infer",
                     Route::RepositoryIndex => "index",
-                    Route::RepositoryControl => "control",
+                    Route::RepositoryLoad(_) | Route::RepositoryUnload(_) => "control",
                     Route::NamedRepository => "named",
                 })
             })

@@ -12,14 +12,15 @@ use nereid_protocol::{Code, Error, InferRequest, InferResponse, RequestedOutput,
 
 use crate::ensemble::EnsemblePlan;
 use crate::model::ModelVersion;
-use crate::registry::ModelRegistry;
+use crate::registry::{ControlMode, LoadOverride, ModelRegistry};
 use crate::scheduler::Executed;
 use crate::stats::{ExecutionTimes, FailureReason};
 
 /// Extensions of the protocol this server implements, as listed in server metadata.
-pub const EXTENSIONS: [&str; 5] = [
+pub const EXTENSIONS: [&str; 6] = [
     "classification",
     "model_repository",
+    "model_repository(unload_dependents)",
     "model_configuration",
     "binary_tensor_data",
     "statistics",
@@ -50,6 +51,10 @@ impl Infer {
         &self.registry
     }
 
+    pub fn registry_handle(&self) -> Arc<ModelRegistry> {
+        Arc::clone(&self.registry)
+    }
+
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::SeqCst);
     }
@@ -61,6 +66,38 @@ impl Infer {
     pub fn is_ready(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
             && (!self.strict_readiness || self.registry.everything_ready())
+    }
+
+    /// The load API: loads or reloads a model on a blocking thread and waits for the result.
+    pub async fn load_model(
+        &self,
+        name: &str,
+        overrides: Option<LoadOverride>,
+    ) -> Result<(), Error> {
+        self.check_model_control()?;
+        let registry = Arc::clone(&self.registry);
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || registry.load(&name, overrides))
+            .await
+            .map_err(|e| Error::internal(format!("model load panicked: {e}")))?
+    }
+
+    /// The unload API: returns once the model no longer takes requests; in-flight ones finish.
+    pub async fn unload_model(&self, name: &str, unload_dependents: bool) -> Result<(), Error> {
+        self.check_model_control()?;
+        let registry = Arc::clone(&self.registry);
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || registry.unload(&name, unload_dependents))
+            .await
+            .map_err(|e| Error::internal(format!("model unload panicked: {e}")))?
+    }
+
+    fn check_model_control(&self) -> Result<(), Error> {
+        if self.registry.mode() == ControlMode::Explicit {
+            Ok(())
+        } else {
+            Err(Error::unavailable(MODEL_CONTROL_DISABLED))
+        }
     }
 
     pub fn model(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>, Error> {

@@ -24,6 +24,7 @@ pub mod registry;
 pub mod repository;
 pub mod scheduler;
 pub mod stats;
+mod warmup;
 
 use std::future::{Future, IntoFuture};
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use infer::Infer;
-pub use registry::ModelRegistry;
+pub use registry::{ControlMode, ModelRegistry};
 
 /// Everything `serve` needs, validated from the command line.
 #[derive(Debug, Clone)]
@@ -52,6 +53,11 @@ pub struct ServeConfig {
     pub strict_readiness: bool,
     /// Written (atomically) with the bound ports once every listener is up.
     pub port_file: Option<PathBuf>,
+    pub model_control_mode: ControlMode,
+    /// Models to load at start in explicit mode (`*`: all).
+    pub load_models: Vec<String>,
+    /// Poll mode's rescan interval.
+    pub repository_poll: Duration,
 }
 
 impl ServeConfig {
@@ -67,6 +73,9 @@ impl ServeConfig {
             exit_timeout: Duration::from_secs(30),
             strict_readiness: true,
             port_file: None,
+            model_control_mode: ControlMode::None,
+            load_models: Vec::new(),
+            repository_poll: Duration::from_secs(15),
         }
     }
 }
@@ -92,16 +101,24 @@ pub async fn start(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
+    if config.model_control_mode != ControlMode::Explicit && !config.load_models.is_empty() {
+        anyhow::bail!("--load-model requires --model-control-mode explicit");
+    }
+    if config.load_models.iter().any(|m| m == "*") && config.load_models.len() > 1 {
+        anyhow::bail!("--load-model '*' must be the only --load-model");
+    }
     let repository = config.model_repository.clone();
-    let registry = tokio::task::spawn_blocking(move || ModelRegistry::load_repository(&repository))
-        .await
-        .context("model loading panicked")?
-        .with_context(|| {
-            format!(
-                "failed to read model repository {}",
-                config.model_repository.display()
-            )
-        })?;
+    let (mode, startup) = (config.model_control_mode, config.load_models.clone());
+    let registry =
+        tokio::task::spawn_blocking(move || ModelRegistry::open(&repository, mode, &startup))
+            .await
+            .context("model loading panicked")?
+            .with_context(|| {
+                format!(
+                    "failed to read model repository {}",
+                    config.model_repository.display()
+                )
+            })?;
     let infer = Infer::new(Arc::new(registry), config.strict_readiness);
 
     let bind = |port: u16, what: &'static str| {
@@ -152,6 +169,13 @@ pub async fn start(
         );
     let metrics_server = axum::serve(metrics_listener, metrics::router(infer.clone()))
         .with_graceful_shutdown(stopped());
+    if config.model_control_mode == ControlMode::Poll {
+        tokio::spawn(poll_repository(
+            infer.clone(),
+            config.repository_poll,
+            stopped(),
+        ));
+    }
 
     if let Some(path) = &config.port_file {
         write_port_file(path, http, grpc, metrics)?;
@@ -197,6 +221,33 @@ pub async fn start(
         infer,
         task,
     })
+}
+
+/// Poll mode: rescans the repository every `interval` until `stop` completes.
+async fn poll_repository(infer: Infer, interval: Duration, stop: impl Future<Output = ()>) {
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticks.tick() => {}
+        }
+        let registry = infer.registry_handle();
+        match tokio::task::spawn_blocking(move || registry.poll()).await {
+            Ok(Ok(report)) => {
+                if !(report.loaded.is_empty()
+                    && report.unloaded.is_empty()
+                    && report.failed.is_empty())
+                {
+                    tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, failed = ?report.failed, "repository poll");
+                }
+            }
+            Ok(Err(err)) => tracing::error!(%err, "repository poll failed"),
+            Err(err) => tracing::error!(%err, "repository poll panicked"),
+        }
+    }
 }
 
 fn write_port_file(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use nereid_server::{http, ServeConfig};
+use nereid_server::{http, ControlMode, ServeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +67,26 @@ struct ServeArgs {
     /// (useful with port 0).
     #[arg(long, env = "NEREID_PORT_FILE")]
     port_file: Option<PathBuf>,
+
+    /// `none`: load everything at start and ignore later changes. `poll`: also rescan the
+    /// repository every --repository-poll-secs and follow it (added, changed, removed models).
+    /// `explicit`: load only --load-model at start, then follow the load/unload API.
+    #[arg(
+        long,
+        env = "NEREID_MODEL_CONTROL_MODE",
+        value_enum,
+        default_value = "none"
+    )]
+    model_control_mode: ControlMode,
+
+    /// A model to load at start in explicit mode (repeatable); `*` loads every model.
+    #[arg(long = "load-model", env = "NEREID_LOAD_MODEL", value_delimiter = ',')]
+    load_models: Vec<String>,
+
+    /// Seconds between repository scans in poll mode. A version folder is loaded once two
+    /// consecutive scans see it unchanged, so a copy in progress is never loaded half-written.
+    #[arg(long, env = "NEREID_REPOSITORY_POLL_SECS", default_value_t = 15)]
+    repository_poll_secs: u64,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -81,6 +101,9 @@ impl From<ServeArgs> for ServeConfig {
             exit_timeout: Duration::from_secs(a.exit_timeout_secs),
             strict_readiness: a.strict_readiness,
             port_file: a.port_file,
+            model_control_mode: a.model_control_mode,
+            load_models: a.load_models,
+            repository_poll: Duration::from_secs(a.repository_poll_secs),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! statistics, plus the request-side rules that depend on the config: input validation against
 //! names, datatypes and shapes, output selection and the classification extension.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use crate::batcher::Policy;
 use crate::ensemble::EnsemblePlan;
 use crate::scheduler::{Executed, Scheduler, Submission};
 use crate::stats::ModelStats;
+use crate::warmup;
 
 /// One input or output as the config declares it.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct ModelVersion {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub stats: Arc<ModelStats>,
+    /// `<repository>/<model>`: where the version folder and label files are.
+    pub model_dir: PathBuf,
     /// How long loading took (`nv_model_load_duration_secs`).
     pub load_duration: Duration,
     executor: Executor,
@@ -113,9 +116,24 @@ impl ModelVersion {
                 version_dir: model_dir.join(version.to_string()),
             };
             let policy = Policy::from_config(&config).map_err(Error::invalid_arg)?;
-            let instances = (0..instance_count(&config))
+            let mut instances = (0..instance_count(&config))
                 .map(|_| backend::create(&ctx))
                 .collect::<Result<Vec<_>, _>>()?;
+            let batching = config.max_batch_size > 0;
+            let warmups =
+                warmup::requests(&config.model_warmup, &inputs, batching, &ctx.version_dir)?;
+            for instance in &mut instances {
+                for warm in &warmups {
+                    for _ in 0..warm.count {
+                        instance.execute(warm.inputs.clone()).map_err(|e| {
+                            Error::invalid_arg(format!(
+                                "failed to warm up model '{name}' version {version} ({}): {}",
+                                warm.name, e.message
+                            ))
+                        })?;
+                    }
+                }
+            }
             let scheduler = Scheduler::start(&name, policy, instances, Arc::clone(&stats))
                 .map_err(|e| {
                     Error::internal(format!("failed to start instances of model '{name}': {e}"))
@@ -129,6 +147,7 @@ impl ModelVersion {
             inputs,
             outputs,
             stats,
+            model_dir: model_dir.to_path_buf(),
             load_duration: started.elapsed(),
             executor,
         })
@@ -188,10 +207,10 @@ impl ModelVersion {
                     ))
                 })?;
             if output.classification.is_some() && spec.datatype == DataType::Bytes {
-                return Err(Error::invalid_arg(format!(
-                    "class result not available for output '{}' due to unsupported type 'BYTES'",
-                    spec.name
-                )));
+                return Err(Error::invalid_arg(
+                    "class result not available for output due to unsupported type 'BYTES'"
+                        .to_string(),
+                ));
             }
         }
 
@@ -223,11 +242,21 @@ impl ModelVersion {
             .map(|(s, _)| s.name.as_str())
             .collect();
         if !missing.is_empty() {
-            let provided = given.iter().flatten().count();
+            let got: Vec<&str> = given.iter().flatten().map(|t| t.name.as_str()).collect();
+            let required = self.inputs.iter().filter(|s| !s.optional).count();
+            let expected = if required == self.inputs.len() {
+                format!("expected {required} inputs")
+            } else {
+                format!(
+                    "expected number of inputs between {required} and {}",
+                    self.inputs.len()
+                )
+            };
             return Err(Error::invalid_arg(format!(
-                "expected {} inputs but got {provided} inputs for model '{m}'. Missing required input(s) ['{}']",
-                self.inputs.iter().filter(|s| !s.optional).count(),
-                missing.join("', '")
+                "{expected} but got {} inputs for model '{m}'. Got input(s) {}, but missing required input(s) {}. Please provide all required input(s).",
+                got.len(),
+                python_list(&got),
+                python_list(&missing)
             )));
         }
 
@@ -267,7 +296,7 @@ impl ModelVersion {
             if !matches {
                 return Err(self.shape_error(spec, &tensor.shape));
             }
-            tensor.check_byte_size()?;
+            tensor.check_byte_size(m)?;
             if let Some(reshape) = &spec.reshape {
                 tensor.shape = self.reshaped(&tensor, reshape)?;
             }
@@ -409,6 +438,12 @@ impl ModelVersion {
     }
 }
 
+/// `['A','B']`, the way Triton lists tensor names in messages.
+fn python_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    format!("[{}]", quoted.join(","))
+}
+
 fn spec(
     name: &str,
     data_type: i32,
@@ -474,10 +509,9 @@ pub fn classify(
         DataType::Fp32 => tensor.to_vec::<f32>().into_iter().map(f64::from).collect(),
         DataType::Fp64 => tensor.to_vec::<f64>(),
         DataType::Bytes => {
-            return Err(Error::invalid_arg(format!(
-                "class result not available for output '{}' due to unsupported type 'BYTES'",
-                tensor.name
-            )))
+            return Err(Error::invalid_arg(
+                "class result not available for output due to unsupported type 'BYTES'".to_string(),
+            ))
         }
     };
     let rows = if batched {

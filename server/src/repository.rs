@@ -6,8 +6,10 @@
 //! UNAVAILABLE instead of taking the server down.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use nereid_protocol::inference::{model_version_policy::PolicyChoice, ModelConfig};
 use nereid_protocol::{config, DataType};
@@ -26,6 +28,64 @@ pub struct ModelSource {
     pub config: Result<Arc<ModelConfig>, String>,
     /// Versions selected by the version policy (ascending). Empty when the config failed.
     pub versions: Vec<u64>,
+    /// Changes when `config.pbtxt` or another model-level file (labels) changes.
+    pub config_fingerprint: u64,
+    /// Per selected version: changes when any file of the version folder changes.
+    pub version_fingerprints: BTreeMap<u64, u64>,
+}
+
+impl ModelSource {
+    /// One value that changes when anything this model would load changes.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.config_fingerprint.hash(&mut hasher);
+        self.version_fingerprints.hash(&mut hasher);
+        self.config.is_ok().hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// Hashes the files directly in `dir` (contents for small files, else size and mtime).
+fn fingerprint_files(dir: &Path, recursive: bool, hasher: &mut impl Hasher) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(is_hidden) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            if recursive {
+                name.hash(hasher);
+                fingerprint_files(&entry.path(), true, hasher);
+            }
+            continue;
+        }
+        name.hash(hasher);
+        meta.len().hash(hasher);
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok());
+        modified.map(|d| d.as_nanos()).hash(hasher);
+        // Small files (configs, labels) by content too: an edit within the same second and
+        // size must still count as a change.
+        if meta.len() <= 64 * 1024 {
+            if let Ok(bytes) = std::fs::read(entry.path()) {
+                bytes.hash(hasher);
+            }
+        }
+    }
+}
+
+fn fingerprint(dir: &Path, recursive: bool) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    fingerprint_files(dir, recursive, &mut hasher);
+    hasher.finish()
 }
 
 /// Lists the models of `repository`, sorted by name.
@@ -47,13 +107,27 @@ pub fn scan(repository: &Path) -> std::io::Result<Vec<ModelSource>> {
 
 /// Reads one model folder.
 pub fn read_model(name: &str, path: &Path) -> ModelSource {
+    read_model_with(name, path, None)
+}
+
+/// Reads one model folder; `config_override` (the load API's `config` parameter) replaces
+/// `config.pbtxt`.
+pub fn read_model_with(
+    name: &str,
+    path: &Path,
+    config_override: Option<ModelConfig>,
+) -> ModelSource {
     let mut source = ModelSource {
         name: name.to_string(),
         path: path.to_path_buf(),
         config: Err(String::new()),
         versions: Vec::new(),
+        config_fingerprint: fingerprint(path, false),
+        version_fingerprints: BTreeMap::new(),
     };
-    let config = match load_config(name, path) {
+    let config = match config_override
+        .map_or_else(|| load_config(name, path), |c| check_override(name, c))
+    {
         Ok(config) => config,
         Err(reason) => {
             source.config = Err(reason);
@@ -68,6 +142,11 @@ pub fn read_model(name: &str, path: &Path) -> ModelSource {
         }
     };
     source.versions = select_versions(&config, &available);
+    source.version_fingerprints = source
+        .versions
+        .iter()
+        .map(|v| (*v, fingerprint(&path.join(v.to_string()), true)))
+        .collect();
     source.config = if source.versions.is_empty() {
         Err(format!(
             "at least one version must be available under the version policy of model '{name}'"
@@ -76,6 +155,19 @@ pub fn read_model(name: &str, path: &Path) -> ModelSource {
         Ok(Arc::new(config))
     };
     source
+}
+
+fn check_override(name: &str, mut config: ModelConfig) -> Result<ModelConfig, String> {
+    if config.name.is_empty() {
+        config.name = name.to_string();
+    } else if config.name != name {
+        return Err(format!(
+            "model name '{}' in the config override does not match the model '{name}'",
+            config.name
+        ));
+    }
+    validate(&config)?;
+    Ok(config)
 }
 
 fn load_config(name: &str, path: &Path) -> Result<ModelConfig, String> {

@@ -1542,20 +1542,27 @@ async fn missing_input_uses_tritons_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tensor_size_mismatches_use_tritons_text() {
-    // Core's byte-size and string-count checks (S qa/L0_input_validation, L0_shared_memory).
+async fn byte_size_mismatch_uses_tritons_text() {
+    // Core's byte-size check (S qa/L0_input_validation, L0_shared_memory).
     let server = TestServer::start_default().await;
     let header = json!({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
         "parameters": {"binary_data_size": 60}}]});
     server
-        .infer_binary("identity_fp32", &header, &[&vec![0u8; 60]])
+        .infer_binary("identity_fp32", &header, &[&[0u8; 60]])
         .await
         .assert_error(
             400,
             "input byte size mismatch for input 'INPUT0' for model 'identity_fp32'. Expected 64, got 60",
         );
     server.assert_serving().await;
+    server.shutdown().await.unwrap();
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_count_mismatches_use_tritons_text() {
+    // Core's BYTES element count check (S qa/L0_input_validation
+    // test_input_string_shape_validation): too few, then too many elements.
+    let server = TestServer::start_default().await;
     let two = bytes_tensor(&["a", "b"]);
     let header = json!({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BYTES",
         "parameters": {"binary_data_size": two.len()}}]});
@@ -1567,16 +1574,28 @@ async fn tensor_size_mismatches_use_tritons_text() {
             "expected 3 string elements for inference input 'INPUT0' for model 'identity_bytes', got 2",
         );
     server.assert_serving().await;
+    let five = bytes_tensor(&["a", "b", "c", "d", "e"]);
+    let header = json!({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BYTES",
+        "parameters": {"binary_data_size": five.len()}}]});
+    server
+        .infer_binary("identity_bytes", &header, &[&five])
+        .await
+        .assert_error_contains(
+            400,
+            "unexpected number of string elements 4 for inference input 'INPUT0' for model 'identity_bytes', expecting 3",
+        );
+    server.assert_serving().await;
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_rejected() {
+    let repo = base_repo();
     let config = ServeConfig {
         http_max_input_size: 1024,
-        ..ServeConfig::for_tests(MODEL_REPO)
+        ..ServeConfig::for_tests(repo.path())
     };
-    let server = TestServer::start_with(config, None).await;
+    let server = TestServer::start_with(config, Some(repo)).await;
 
     let mut request = fp32_request("INPUT0", &[1, 16], &ramp(16, 0.0));
     request["id"] = json!("x".repeat(2000));

@@ -32,9 +32,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// A server over the checked-in repository.
+    /// A server over [`base_repo`]: the checked-in `identity_fp32`, `identity_bytes` and
+    /// `iris_classifier` (copied, so that other models added to the checked-in repository do
+    /// not change what these tests count).
     pub async fn start_default() -> Self {
-        Self::start_with(ServeConfig::for_tests(MODEL_REPO), None).await
+        Self::start_repo(base_repo()).await
     }
 
     /// A server over a temporary repository (kept alive as long as the server).
@@ -442,6 +444,13 @@ output [ {{ name: "OUTPUT0" data_type: {config_type} dims: [ {dims} ] }} ]
     )
 }
 
+/// Copies of the checked-in `identity_fp32`, `identity_bytes` and `iris_classifier`.
+pub fn base_repo() -> Repo {
+    Repo::new()
+        .copy_model("identity_bytes")
+        .copy_model("iris_classifier")
+}
+
 /// Identity models of every datatype the tests send, without a batch dimension.
 pub const TYPED_MODELS: [(&str, &str); 9] = [
     ("id_bool", "TYPE_BOOL"),
@@ -474,9 +483,7 @@ output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
 /// - `multi` (versions 1, 2, 3, policy all) and `latest` (versions 1, 2, default policy),
 ///   both FP32 [2] with max_batch_size 4.
 pub fn rich_repo() -> Repo {
-    let mut repo = Repo::new()
-        .copy_model("identity_bytes")
-        .copy_model("iris_classifier")
+    let mut repo = base_repo()
         .model("two_io", TWO_IO, &[1])
         .model(
             "raw_bytes",
