@@ -32,5 +32,5 @@ pub mod train;
 pub use model::{
     Activation, Architecture, ArchitectureSpec, DenseModel, ModelError, OutputActivation,
 };
-pub use publish::{write_model_version, PublishError};
+pub use publish::{publish_directory, write_model_version, PublishError};
 pub use train::{train_classifier, Metrics, SplitMetrics, TrainConfig, TrainError, TrainedModel};

@@ -72,13 +72,7 @@ pub fn write_model_version(
     model: &TrainedModel,
     version: u64,
 ) -> Result<PathBuf, PublishError> {
-    if model_name.is_empty()
-        || model_name.starts_with('.')
-        || model_name.contains(['/', '\\'])
-        || model_name.chars().any(char::is_control)
-    {
-        return Err(PublishError::InvalidName(model_name.to_string()));
-    }
+    check_name(model_name)?;
     if version == 0 {
         return Err(PublishError::InvalidVersion);
     }
@@ -113,8 +107,92 @@ pub fn write_model_version(
         write_file_atomically(&model_dir, LABELS_FILE, text.as_bytes())?;
     }
 
+    publish_staged(&model_dir, version, |staging| {
+        let weights = staging.join(MODEL_FILE);
+        model
+            .save_safetensors(&weights)
+            .map_err(|e| PublishError::Save(Box::new(e)))?;
+        sync_path(&weights)
+    })
+}
+
+/// Publishes the files of `source` as the next version of `<repo>/<model_name>` (one more than
+/// the highest numeric version, or 1), atomically; returns the version and its folder. A
+/// `config.pbtxt` at the top of `source` replaces the model's config (before the version
+/// appears) instead of being copied into the version folder.
+pub fn publish_directory(
+    repo: &Path,
+    model_name: &str,
+    source: &Path,
+) -> Result<(u64, PathBuf), PublishError> {
+    check_name(model_name)?;
+    if !source.is_dir() {
+        return Err(PublishError::Io {
+            path: source.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    let model_dir = repo.join(model_name);
+    fs::create_dir_all(&model_dir).map_err(io_err(&model_dir))?;
+    let config = source.join(CONFIG_FILE);
+    if config.is_file() {
+        let text = fs::read(&config).map_err(io_err(&config))?;
+        write_file_atomically(&model_dir, CONFIG_FILE, &text)?;
+    }
+    let latest = fs::read_dir(&model_dir)
+        .map_err(io_err(&model_dir))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0);
+    let version = latest + 1;
+    let folder = publish_staged(&model_dir, version, |staging| {
+        copy_tree(source, staging, true)
+    })?;
+    Ok((version, folder))
+}
+
+/// Copies `from` into `to` (which exists), fsyncing every file and folder written.
+fn copy_tree(from: &Path, to: &Path, top: bool) -> Result<(), PublishError> {
+    for entry in fs::read_dir(from).map_err(io_err(from))? {
+        let entry = entry.map_err(io_err(from))?;
+        let name = entry.file_name();
+        if top && name == CONFIG_FILE {
+            continue;
+        }
+        let target = to.join(&name);
+        let kind = entry.file_type().map_err(io_err(&entry.path()))?;
+        if kind.is_dir() {
+            fs::create_dir(&target).map_err(io_err(&target))?;
+            copy_tree(&entry.path(), &target, false)?;
+        } else {
+            fs::copy(entry.path(), &target).map_err(io_err(&target))?;
+            sync_path(&target)?;
+        }
+    }
+    sync_path(to)
+}
+
+fn check_name(model_name: &str) -> Result<(), PublishError> {
+    if model_name.is_empty()
+        || model_name.starts_with('.')
+        || model_name.contains(['/', '\\'])
+        || model_name.chars().any(char::is_control)
+    {
+        return Err(PublishError::InvalidName(model_name.to_string()));
+    }
+    Ok(())
+}
+
+/// Writes a version under a hidden staging name with `fill`, then renames it into place.
+fn publish_staged(
+    model_dir: &Path,
+    version: u64,
+    fill: impl FnOnce(&Path) -> Result<(), PublishError>,
+) -> Result<PathBuf, PublishError> {
+    let version_dir = model_dir.join(version.to_string());
     let staging = model_dir.join(format!(".staging-{version}-{}", std::process::id()));
-    let result = stage_and_rename(&staging, &version_dir, &model_dir, model);
+    let result = stage_and_rename(&staging, &version_dir, model_dir, fill);
     if result.is_err() {
         // Best effort: a leftover staging folder is harmless (never loaded) but untidy.
         let _ = fs::remove_dir_all(&staging);
@@ -126,18 +204,14 @@ fn stage_and_rename(
     staging: &Path,
     version_dir: &Path,
     model_dir: &Path,
-    model: &TrainedModel,
+    fill: impl FnOnce(&Path) -> Result<(), PublishError>,
 ) -> Result<(), PublishError> {
     // A folder with our name can only be left over by an earlier crashed run with the same pid.
     if staging.exists() {
         fs::remove_dir_all(staging).map_err(io_err(staging))?;
     }
     fs::create_dir(staging).map_err(io_err(staging))?;
-    let weights = staging.join(MODEL_FILE);
-    model
-        .save_safetensors(&weights)
-        .map_err(|e| PublishError::Save(Box::new(e)))?;
-    sync_path(&weights)?;
+    fill(staging)?;
     sync_path(staging)?;
     // rename(2) would silently replace an empty directory, so check again right before it.
     if version_dir.exists() {
@@ -178,6 +252,49 @@ fn sync_path(path: &Path) -> Result<(), PublishError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    #[test]
+    fn publishes_the_next_version_atomically() {
+        let repo = tempfile::tempdir().unwrap();
+        let source = tempfile::tempdir().unwrap();
+        fs::write(source.path().join("weights.bin"), b"w").unwrap();
+        fs::create_dir(source.path().join("sub")).unwrap();
+        fs::write(source.path().join("sub/extra.txt"), b"x").unwrap();
+        fs::write(source.path().join(CONFIG_FILE), b"name: \"m\"").unwrap();
+        fs::create_dir_all(repo.path().join("m/3")).unwrap();
+        fs::create_dir_all(repo.path().join("m/.staging-9-1")).unwrap();
+
+        let (version, folder) = publish_directory(repo.path(), "m", source.path()).unwrap();
+        assert_eq!(version, 4);
+        assert_eq!(fs::read(folder.join("weights.bin")).unwrap(), b"w");
+        assert_eq!(fs::read(folder.join("sub/extra.txt")).unwrap(), b"x");
+        assert!(
+            !folder.join(CONFIG_FILE).exists(),
+            "the config goes to the model folder"
+        );
+        assert_eq!(
+            fs::read(repo.path().join("m").join(CONFIG_FILE)).unwrap(),
+            b"name: \"m\""
+        );
+        let (version, _) = publish_directory(repo.path(), "m", source.path()).unwrap();
+        assert_eq!(version, 5);
+        let staging: Vec<_> = fs::read_dir(repo.path().join("m"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_string_lossy().starts_with(".staging")
+                    && e.file_name() != ".staging-9-1"
+            })
+            .collect();
+        assert!(staging.is_empty());
+        assert!(publish_directory(repo.path(), "../x", source.path()).is_err());
+        assert!(publish_directory(repo.path(), "m", &repo.path().join("missing")).is_err());
     }
 }
 

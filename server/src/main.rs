@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use nereid_server::{http, ControlMode, ServeConfig};
+use nereid_server::{http, ControlMode, ModelRegistry, ServeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,33 @@ enum Command {
     /// Serve a model repository over HTTP (KServe v2), gRPC (Triton's GRPCInferenceService) and
     /// Prometheus metrics.
     Serve(ServeArgs),
+    /// Work with a model repository without serving it.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Publish a folder as the next version of a model, atomically: it is written under a
+    /// hidden staging name, fsynced, then renamed into place, so a polling server never loads
+    /// it half-written. A config.pbtxt at the top of the folder replaces the model's config.
+    Publish {
+        /// The model repository.
+        #[arg(long)]
+        repository: PathBuf,
+        /// The model to publish a version of (created if new).
+        #[arg(long)]
+        model: String,
+        /// The folder holding the version's files.
+        #[arg(long = "from")]
+        from: PathBuf,
+    },
+    /// Load every model of a repository as `serve` would, report each, and exit non-zero if
+    /// any model or version cannot be served.
+    Validate {
+        /// The model repository.
+        repository: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -108,6 +135,42 @@ impl From<ServeArgs> for ServeConfig {
     }
 }
 
+/// Loads the repository off to the side and prints one line per model version.
+async fn validate(repository: PathBuf) -> anyhow::Result<()> {
+    let path = repository.clone();
+    let registry =
+        tokio::task::spawn_blocking(move || ModelRegistry::open(&path, ControlMode::None, &[]))
+            .await??;
+    let rows = registry.index(false);
+    let mut failures = 0;
+    for row in &rows {
+        let version = if row.version.is_empty() {
+            "-"
+        } else {
+            row.version.as_str()
+        };
+        if row.state == "READY" {
+            println!("ok      {} {version}", row.name);
+        } else {
+            failures += 1;
+            println!("FAILED  {} {version}: {}", row.name, row.reason);
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!(
+            "{failures} of {} model versions in {} cannot be served",
+            rows.len(),
+            repository.display()
+        );
+    }
+    println!(
+        "{} model versions in {} can be served",
+        rows.len(),
+        repository.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -131,6 +194,20 @@ fn main() -> ExitCode {
                     nereid_server::start(args.into(), nereid_server::shutdown_signal()).await?;
                 server.wait().await
             }
+            Command::Repo(RepoCommand::Publish {
+                repository,
+                model,
+                from,
+            }) => {
+                let (version, folder) =
+                    nereid_pipeline::publish_directory(&repository, &model, &from)?;
+                println!(
+                    "published {model} version {version} at {}",
+                    folder.display()
+                );
+                Ok(())
+            }
+            Command::Repo(RepoCommand::Validate { repository }) => validate(repository).await,
         }
     });
     match result {
