@@ -16,18 +16,26 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::infer::{Infer, EXTENSIONS};
 use crate::registry::LoadOverride;
+use crate::restrict::{Api, Restrictions};
 
 /// Triton's gRPC message size limit, for both directions.
 pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
 pub struct GrpcService {
     infer: Infer,
+    restrictions: Restrictions,
 }
 
-pub fn service(infer: Infer) -> GrpcInferenceServiceServer<GrpcService> {
-    GrpcInferenceServiceServer::new(GrpcService { infer })
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+pub fn service(
+    infer: Infer,
+    restrictions: Restrictions,
+) -> GrpcInferenceServiceServer<GrpcService> {
+    GrpcInferenceServiceServer::new(GrpcService {
+        infer,
+        restrictions,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
 
 fn unimplemented(rpc: &str) -> Status {
@@ -40,8 +48,10 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse,
 impl GrpcInferenceService for GrpcService {
     async fn server_live(
         &self,
-        _: Request<ServerLiveRequest>,
+        request: Request<ServerLiveRequest>,
     ) -> Result<Response<ServerLiveResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Health, request.metadata())?;
         Ok(Response::new(ServerLiveResponse {
             live: self.infer.is_live(),
         }))
@@ -49,8 +59,10 @@ impl GrpcInferenceService for GrpcService {
 
     async fn server_ready(
         &self,
-        _: Request<ServerReadyRequest>,
+        request: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Health, request.metadata())?;
         Ok(Response::new(ServerReadyResponse {
             ready: self.infer.is_ready(),
         }))
@@ -60,6 +72,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Health, request.metadata())?;
         let r = request.into_inner();
         // Unknown models are "not ready", not an error, as Triton has long answered.
         Ok(Response::new(ModelReadyResponse {
@@ -69,8 +83,10 @@ impl GrpcInferenceService for GrpcService {
 
     async fn server_metadata(
         &self,
-        _: Request<ServerMetadataRequest>,
+        request: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Metadata, request.metadata())?;
         Ok(Response::new(ServerMetadataResponse {
             name: "nereid".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -82,6 +98,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Metadata, request.metadata())?;
         let r = request.into_inner();
         let model = self.infer.model(&r.name, &r.version)?;
         Ok(Response::new(
@@ -93,6 +111,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Inference, request.metadata())?;
         let (name, version, request) = request_from_grpc(request.into_inner())?;
         let response = self.infer.infer(&name, &version, request).await?;
         Ok(Response::new(response_to_grpc(response)))
@@ -104,6 +124,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        self.restrictions
+            .check_grpc(Api::Inference, request.metadata())?;
         let infer = self.infer.clone();
         let mut incoming = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
@@ -144,6 +166,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::ModelConfig, request.metadata())?;
         let r = request.into_inner();
         let model = self.infer.model(&r.name, &r.version)?;
         Ok(Response::new(ModelConfigResponse {
@@ -155,6 +179,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Statistics, request.metadata())?;
         let r = request.into_inner();
         let registry = self.infer.registry();
         let models = if r.name.is_empty() {
@@ -185,6 +211,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::ModelRepository, request.metadata())?;
         let r = request.into_inner();
         if !r.repository_name.is_empty() {
             return Err(
@@ -210,6 +238,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::ModelRepository, request.metadata())?;
         let r = request.into_inner();
         if !r.repository_name.is_empty() {
             return Err(
@@ -248,6 +278,8 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::ModelRepository, request.metadata())?;
         let r = request.into_inner();
         if !r.repository_name.is_empty() {
             return Err(
@@ -274,57 +306,73 @@ impl GrpcInferenceService for GrpcService {
 
     async fn system_shared_memory_status(
         &self,
-        _: Request<SystemSharedMemoryStatusRequest>,
+        request: Request<SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::SharedMemory, request.metadata())?;
         Err(unimplemented("SystemSharedMemoryStatus"))
     }
 
     async fn system_shared_memory_register(
         &self,
-        _: Request<SystemSharedMemoryRegisterRequest>,
+        request: Request<SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::SharedMemory, request.metadata())?;
         Err(unimplemented("SystemSharedMemoryRegister"))
     }
 
     async fn system_shared_memory_unregister(
         &self,
-        _: Request<SystemSharedMemoryUnregisterRequest>,
+        request: Request<SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::SharedMemory, request.metadata())?;
         Err(unimplemented("SystemSharedMemoryUnregister"))
     }
 
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<CudaSharedMemoryStatusRequest>,
+        request: Request<CudaSharedMemoryStatusRequest>,
     ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::SharedMemory, request.metadata())?;
         Err(unimplemented("CudaSharedMemoryStatus"))
     }
 
     async fn cuda_shared_memory_register(
         &self,
-        _: Request<CudaSharedMemoryRegisterRequest>,
+        request: Request<CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::SharedMemory, request.metadata())?;
         Err(unimplemented("CudaSharedMemoryRegister"))
     }
 
     async fn cuda_shared_memory_unregister(
         &self,
-        _: Request<CudaSharedMemoryUnregisterRequest>,
+        request: Request<CudaSharedMemoryUnregisterRequest>,
     ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::SharedMemory, request.metadata())?;
         Err(unimplemented("CudaSharedMemoryUnregister"))
     }
 
     async fn trace_setting(
         &self,
-        _: Request<TraceSettingRequest>,
+        request: Request<TraceSettingRequest>,
     ) -> Result<Response<TraceSettingResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Trace, request.metadata())?;
         Err(unimplemented("TraceSetting"))
     }
 
     async fn log_settings(
         &self,
-        _: Request<LogSettingsRequest>,
+        request: Request<LogSettingsRequest>,
     ) -> Result<Response<LogSettingsResponse>, Status> {
+        self.restrictions
+            .check_grpc(Api::Logging, request.metadata())?;
         Err(unimplemented("LogSettings"))
     }
 }

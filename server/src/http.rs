@@ -21,6 +21,8 @@ use percent_encoding::percent_decode_str;
 use crate::infer::{Infer, EXTENSIONS};
 use crate::model::ModelVersion;
 use crate::registry::LoadOverride;
+use crate::restrict::{Api, Restrictions};
+use std::sync::Arc;
 
 /// Triton's default `--http-max-input-size` (64 MiB).
 pub const DEFAULT_MAX_INPUT_SIZE: usize = 1 << 26;
@@ -29,6 +31,7 @@ pub const DEFAULT_MAX_INPUT_SIZE: usize = 1 << 26;
 pub struct HttpState {
     pub infer: Infer,
     pub max_input_size: usize,
+    pub restrictions: Arc<Restrictions>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -82,6 +85,23 @@ enum Route {
     RepositoryLoad(String),
     RepositoryUnload(String),
     NamedRepository,
+}
+
+impl Route {
+    /// The API group a route belongs to, for `--http-restricted-api`.
+    fn api(&self) -> Api {
+        match self {
+            Route::Live | Route::Ready | Route::ModelReady(..) => Api::Health,
+            Route::ServerMetadata | Route::ModelMetadata(..) => Api::Metadata,
+            Route::ModelConfig(..) => Api::ModelConfig,
+            Route::AllStats | Route::ModelStats(..) => Api::Statistics,
+            Route::ModelInfer(..) => Api::Inference,
+            Route::RepositoryIndex
+            | Route::RepositoryLoad(_)
+            | Route::RepositoryUnload(_)
+            | Route::NamedRepository => Api::ModelRepository,
+        }
+    }
 }
 
 fn decode(segment: &str) -> String {
@@ -158,6 +178,17 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             ))
         }
     };
+    if let Err(header) = state.restrictions.check(route.api(), |name| {
+        request.headers().get(name).and_then(|v| v.to_str().ok())
+    }) {
+        return Ok(json_response(
+            StatusCode::FORBIDDEN,
+            Error::invalid_arg(format!(
+                "This API is restricted, expecting header '{header}'"
+            ))
+            .to_json_body(),
+        ));
+    }
     let infer = &state.infer;
     Ok(match route {
         Route::Live => empty(if infer.is_live() {

@@ -22,6 +22,7 @@ mod metrics;
 pub mod model;
 pub mod registry;
 pub mod repository;
+pub mod restrict;
 pub mod scheduler;
 pub mod stats;
 mod warmup;
@@ -58,6 +59,8 @@ pub struct ServeConfig {
     pub load_models: Vec<String>,
     /// Poll mode's rescan interval.
     pub repository_poll: Duration,
+    pub http_restricted: Vec<restrict::Restriction>,
+    pub grpc_restricted: Vec<restrict::Restriction>,
 }
 
 impl ServeConfig {
@@ -76,6 +79,8 @@ impl ServeConfig {
             model_control_mode: ControlMode::None,
             load_models: Vec::new(),
             repository_poll: Duration::from_secs(15),
+            http_restricted: Vec::new(),
+            grpc_restricted: Vec::new(),
         }
     }
 }
@@ -107,6 +112,10 @@ pub async fn start(
     if config.load_models.iter().any(|m| m == "*") && config.load_models.len() > 1 {
         anyhow::bail!("--load-model '*' must be the only --load-model");
     }
+    let http_restrictions = restrict::Restrictions::new(&config.http_restricted)
+        .map_err(|e| anyhow::anyhow!("--http-restricted-api: {e}"))?;
+    let grpc_restrictions = restrict::Restrictions::new(&config.grpc_restricted)
+        .map_err(|e| anyhow::anyhow!("--grpc-restricted-api: {e}"))?;
     let repository = config.model_repository.clone();
     let (mode, startup) = (config.model_control_mode, config.load_models.clone());
     let registry =
@@ -157,12 +166,13 @@ pub async fn start(
         http::router(http::HttpState {
             infer: infer.clone(),
             max_input_size: config.http_max_input_size,
+            restrictions: Arc::new(http_restrictions),
         }),
     )
     .with_graceful_shutdown(stopped());
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(grpc::service(infer.clone()))
+        .add_service(grpc::service(infer.clone(), grpc_restrictions))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use nereid_server::restrict::Restriction;
 use nereid_server::{http, ControlMode, ModelRegistry, ServeConfig};
 
 #[derive(Parser)]
@@ -110,6 +111,18 @@ struct ServeArgs {
     #[arg(long = "load-model", env = "NEREID_LOAD_MODEL", value_delimiter = ',')]
     load_models: Vec<String>,
 
+    /// Restrict HTTP API groups to requests carrying a header:
+    /// `<api>[,<api>...]:<header>=<value>` (repeatable). Groups: health, metadata, inference,
+    /// shared-memory, model-config, model-repository, statistics, trace, logging. Others get
+    /// 403. Use it to protect model-repository (load/unload) on a shared network.
+    #[arg(long = "http-restricted-api", env = "NEREID_HTTP_RESTRICTED_API")]
+    http_restricted_api: Vec<Restriction>,
+
+    /// As --http-restricted-api for gRPC; the header is sent as metadata
+    /// `triton-grpc-protocol-<header>`, and others get UNAVAILABLE.
+    #[arg(long = "grpc-restricted-api", env = "NEREID_GRPC_RESTRICTED_API")]
+    grpc_restricted_api: Vec<Restriction>,
+
     /// Seconds between repository scans in poll mode. A version folder is loaded once two
     /// consecutive scans see it unchanged, so a copy in progress is never loaded half-written.
     #[arg(long, env = "NEREID_REPOSITORY_POLL_SECS", default_value_t = 15)]
@@ -131,6 +144,8 @@ impl From<ServeArgs> for ServeConfig {
             model_control_mode: a.model_control_mode,
             load_models: a.load_models,
             repository_poll: Duration::from_secs(a.repository_poll_secs),
+            http_restricted: a.http_restricted_api,
+            grpc_restricted: a.grpc_restricted_api,
         }
     }
 }

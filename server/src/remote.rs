@@ -144,10 +144,12 @@ impl RepositoryLocation {
     ///
     /// Credentials and settings come from the standard environment variables, read by the
     /// object_store builders' `from_env` (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, ...;
-    /// `GOOGLE_SERVICE_ACCOUNT`, ...; `AZURE_STORAGE_ACCOUNT_NAME`, ...). S3 defaults to region
-    /// `us-east-1`. Azure needs the account: `az://container@account.blob.core.windows.net/prefix`
-    /// or `AZURE_STORAGE_ACCOUNT_NAME`. Nothing here touches the network; a wrong bucket or
-    /// missing credentials show up in the first [`RemoteRepository::sync`].
+    /// `GOOGLE_SERVICE_ACCOUNT`, ...; `AZURE_STORAGE_ACCOUNT_NAME`, ...). S3 uses region
+    /// `us-east-1` unless `AWS_REGION` names the bucket's region (it is not discovered). Azure
+    /// needs the account: `az://container@account.blob.core.windows.net/prefix` or
+    /// `AZURE_STORAGE_ACCOUNT_NAME`. Nothing here touches the network (a `file://` directory must
+    /// exist); a wrong bucket or missing credentials show up in the first
+    /// [`RemoteRepository::sync`].
     ///
     /// A remote repository gets a default cache directory under the system temp directory, one
     /// per URL (so a restart reuses it); [`RemoteRepository::with_cache_dir`] chooses another.
@@ -295,6 +297,14 @@ impl RemoteRepository {
                     return Err(invalid(
                         "a file URL needs an absolute path: file:///path/to/repository",
                     ));
+                }
+                // A missing directory would list as an empty repository and empty the cache.
+                let directory = Path::new("/").join(prefix.as_ref());
+                if !directory.is_dir() {
+                    return Err(invalid(&format!(
+                        "{} is not a directory",
+                        directory.display()
+                    )));
                 }
                 Arc::new(LocalFileSystem::new())
             }
@@ -1689,7 +1699,26 @@ mod tests {
         assert!(err("s3:///prefix").contains("bucket"));
         assert!(err("s3://bucket/p?region=x").contains("query"));
         assert!(err("file://relative/path").contains("absolute"));
+        assert!(err("file:///no/such/nereid/repository").contains("not a directory"));
         assert!(err("s3://bucket/a//b").contains("s3://bucket/a//b"));
+    }
+
+    #[tokio::test]
+    async fn large_object_streams_in_chunks() {
+        let source = tempfile::tempdir().expect("tempdir");
+        let weights: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
+        fs::create_dir_all(source.path().join("big/1")).expect("mkdir");
+        fs::write(source.path().join("big/config.pbtxt"), "name: \"big\"").expect("write");
+        fs::write(source.path().join("big/1/model.safetensors"), &weights).expect("write");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", source.path().display());
+        let mut repo = remote(&url).with_cache_dir(cache.path().join("mirror"));
+
+        let summary = repo.sync().await.expect("sync");
+        assert_eq!(summary.downloaded, 2);
+        assert_eq!(summary.bytes, weights.len() as u64 + 11);
+        let copied = fs::read(repo.cache_dir().join("big/1/model.safetensors")).expect("read");
+        assert!(copied == weights, "the mirrored weights differ");
     }
 
     #[tokio::test]

@@ -648,3 +648,71 @@ async fn twenty_reloads_through_polling_under_traffic_drop_nothing() {
         .await
         .expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_apis_need_their_header() {
+    let repo = Repo::new();
+    let mut cfg = config(&repo, ControlMode::Explicit);
+    cfg.load_models = vec!["*".into()];
+    cfg.http_restricted = vec!["model-repository:admin-key=secret".parse().unwrap()];
+    cfg.grpc_restricted = vec!["model-repository,statistics:admin-key=secret"
+        .parse()
+        .unwrap()];
+    let server = TestServer::start_with(cfg, Some(repo)).await;
+
+    let url = server.url("/v2/repository/models/identity_fp32/unload");
+    server
+        .request(reqwest::Method::POST, url.clone(), &[], Some(Vec::new()))
+        .await
+        .assert_error(403, "This API is restricted, expecting header 'admin-key'");
+    server
+        .request(
+            reqwest::Method::POST,
+            url.clone(),
+            &[("admin-key", "wrong")],
+            Some(Vec::new()),
+        )
+        .await
+        .assert_error(403, "This API is restricted, expecting header 'admin-key'");
+    server
+        .post("/v2/repository/index", "")
+        .await
+        .assert_error(403, "This API is restricted, expecting header 'admin-key'");
+    assert_eq!(
+        server.get("/v2/models/identity_fp32/stats").await.status,
+        200,
+        "statistics are open over HTTP"
+    );
+    server.assert_serving().await;
+    let reply = server
+        .request(
+            reqwest::Method::POST,
+            server.url("/v2/repository/models/identity_fp32/load"),
+            &[("admin-key", "secret")],
+            Some(Vec::new()),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    use nereid_protocol::inference::{ModelStatisticsRequest, RepositoryIndexRequest};
+    let mut client = server.grpc_client().await;
+    let status = client
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.message(),
+        "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"
+    );
+    assert!(client
+        .model_statistics(ModelStatisticsRequest::default())
+        .await
+        .is_err());
+    let mut request = tonic::Request::new(RepositoryIndexRequest::default());
+    request
+        .metadata_mut()
+        .insert("triton-grpc-protocol-admin-key", "secret".parse().unwrap());
+    assert!(client.repository_index(request).await.is_ok());
+    server.shutdown().await.expect("clean shutdown");
+}
