@@ -98,6 +98,9 @@ fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
     metric
 }
 
+/// Builds one family's series for a model, given its `model`/`version` labels.
+type PerModel<'a> = dyn Fn(&ModelSample, &[(&str, &str)]) -> Vec<Metric> + 'a;
+
 struct ModelSample {
     name: String,
     version: String,
@@ -139,7 +142,7 @@ fn gather(state: &MetricsState) -> Vec<MetricFamily> {
         .iter()
         .map(|m| sample(m))
         .collect();
-    let per_model = |f: &dyn Fn(&ModelSample, &[(&str, &str)]) -> Vec<Metric>| -> Vec<Metric> {
+    let per_model = |f: &PerModel| -> Vec<Metric> {
         models
             .iter()
             .flat_map(|m| f(m, &[("model", &m.name), ("version", &m.version)]))

@@ -519,7 +519,7 @@ pub fn classify(
     } else {
         1
     };
-    let per_row = if rows == 0 { 0 } else { values.len() / rows };
+    let per_row = values.len().checked_div(rows).unwrap_or(0);
     let k = (k as usize).min(per_row);
     let mut strings = Vec::with_capacity(rows * k);
     for row in values.chunks(per_row.max(1)).take(rows) {
