@@ -13,6 +13,7 @@ use nereid_protocol::{Code, Error, InferRequest, InferResponse, RequestedOutput,
 use crate::ensemble::EnsemblePlan;
 use crate::model::ModelVersion;
 use crate::registry::{ControlMode, LoadOverride, ModelRegistry};
+use crate::remote::RemoteRepository;
 use crate::scheduler::Executed;
 use crate::stats::{ExecutionTimes, FailureReason};
 
@@ -36,6 +37,8 @@ pub struct Infer {
     /// Cleared when shutdown starts, so that readiness turns false while requests drain.
     accepting: Arc<AtomicBool>,
     strict_readiness: bool,
+    /// The object store behind the local repository, when it is remote.
+    remote: Option<Arc<tokio::sync::Mutex<RemoteRepository>>>,
 }
 
 impl Infer {
@@ -44,7 +47,29 @@ impl Infer {
             registry,
             accepting: Arc::new(AtomicBool::new(true)),
             strict_readiness,
+            remote: None,
         }
+    }
+
+    pub fn with_remote(
+        mut self,
+        remote: Option<Arc<tokio::sync::Mutex<RemoteRepository>>>,
+    ) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    /// Mirrors the remote repository into the local cache (nothing for a local repository).
+    pub async fn sync_remote(&self) -> Result<(), Error> {
+        if let Some(remote) = &self.remote {
+            let summary = remote.lock().await.sync().await.map_err(|e| {
+                Error::internal(format!("failed to sync the model repository: {e}"))
+            })?;
+            if summary.changed() {
+                tracing::info!(%summary, "synced remote model repository");
+            }
+        }
+        Ok(())
     }
 
     pub fn registry(&self) -> &ModelRegistry {
@@ -75,6 +100,7 @@ impl Infer {
         overrides: Option<LoadOverride>,
     ) -> Result<(), Error> {
         self.check_model_control()?;
+        self.sync_remote().await?;
         let registry = Arc::clone(&self.registry);
         let name = name.to_string();
         tokio::task::spawn_blocking(move || registry.load(&name, overrides))

@@ -21,6 +21,7 @@ pub mod infer;
 mod metrics;
 pub mod model;
 pub mod registry;
+pub mod remote;
 pub mod repository;
 pub mod restrict;
 pub mod scheduler;
@@ -116,19 +117,31 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("--http-restricted-api: {e}"))?;
     let grpc_restrictions = restrict::Restrictions::new(&config.grpc_restricted)
         .map_err(|e| anyhow::anyhow!("--grpc-restricted-api: {e}"))?;
-    let repository = config.model_repository.clone();
+    // A remote repository (s3://, gs://, az://, file://) is mirrored into a local cache, which
+    // is then served like any local repository; poll mode and the load API re-sync it first.
+    let location = remote::RepositoryLocation::parse(&config.model_repository.to_string_lossy())
+        .context("invalid --model-repository")?;
+    let (repository, remote) = match location {
+        remote::RepositoryLocation::Local(path) => (path, None),
+        remote::RepositoryLocation::Remote(mut remote) => {
+            let summary = remote
+                .sync()
+                .await
+                .context("failed to sync the remote model repository")?;
+            tracing::info!(url = %remote.url(), cache = %remote.cache_dir().display(), %summary, "synced remote model repository");
+            (
+                remote.cache_dir().to_path_buf(),
+                Some(Arc::new(tokio::sync::Mutex::new(remote))),
+            )
+        }
+    };
     let (mode, startup) = (config.model_control_mode, config.load_models.clone());
-    let registry =
-        tokio::task::spawn_blocking(move || ModelRegistry::open(&repository, mode, &startup))
-            .await
-            .context("model loading panicked")?
-            .with_context(|| {
-                format!(
-                    "failed to read model repository {}",
-                    config.model_repository.display()
-                )
-            })?;
-    let infer = Infer::new(Arc::new(registry), config.strict_readiness);
+    let local = repository.clone();
+    let registry = tokio::task::spawn_blocking(move || ModelRegistry::open(&local, mode, &startup))
+        .await
+        .context("model loading panicked")?
+        .with_context(|| format!("failed to read model repository {}", repository.display()))?;
+    let infer = Infer::new(Arc::new(registry), config.strict_readiness).with_remote(remote);
 
     let bind = |port: u16, what: &'static str| {
         let address = SocketAddr::new(config.host, port);
@@ -243,6 +256,9 @@ async fn poll_repository(infer: Infer, interval: Duration, stop: impl Future<Out
         tokio::select! {
             _ = &mut stop => return,
             _ = ticks.tick() => {}
+        }
+        if let Err(err) = infer.sync_remote().await {
+            tracing::error!(%err, "remote repository sync failed; polling the last synced copy");
         }
         let registry = infer.registry_handle();
         match tokio::task::spawn_blocking(move || registry.poll()).await {

@@ -1,11 +1,7 @@
 //! Remote model repositories end to end: a repository in an object store is mirrored into a
 //! cache directory, which the real server then loads and serves with its ordinary local code.
 
-// `remote.rs` is compiled into this test crate, so that its unit tests run here too; the API the
-// server does not use yet would otherwise warn.
-#[allow(dead_code)]
-#[path = "../src/remote.rs"]
-mod remote;
+use nereid_server::remote;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -87,4 +83,66 @@ async fn synced_cache_is_served_by_the_real_server() {
 
     let _ = stop.send(());
     running.wait().await.expect("server shuts down");
+}
+
+/// `nereid serve --model-repository file:///...` in poll mode: served from the synced cache,
+/// and a model uploaded later to the store appears through the same polling path as S3's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_polls_a_remote_repository() {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let store = tempfile::tempdir().unwrap();
+    copy(
+        &Path::new(MODEL_REPO).join("identity_fp32"),
+        &store.path().join("identity_fp32"),
+    );
+    let url = format!("file://{}", store.path().display());
+    let mut config = ServeConfig::for_tests(&url);
+    config.model_control_mode = nereid_server::ControlMode::Poll;
+    config.repository_poll = std::time::Duration::from_millis(50);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = nereid_server::start(config, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("server starts on a file:// repository");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let ready = |model: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{}/v2/models/{model}/ready", server.http);
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(ready("identity_fp32").await, 200);
+    assert_eq!(ready("identity_bytes").await, 400);
+
+    copy(
+        &Path::new(MODEL_REPO).join("identity_bytes"),
+        &store.path().join("identity_bytes"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ready("identity_bytes").await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the uploaded model was not served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    server.wait().await.expect("clean shutdown");
 }
