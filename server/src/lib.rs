@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -174,8 +175,13 @@ pub async fn start(
         .set_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
         .await;
 
+    // Small responses must not wait for Nagle's algorithm (tens of milliseconds of tail latency).
     let http_server = axum::serve(
-        http_listener,
+        http_listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::warn!(%err, "failed to set TCP_NODELAY");
+            }
+        }),
         http::router(http::HttpState {
             infer: infer.clone(),
             max_input_size: config.http_max_input_size,
@@ -187,7 +193,10 @@ pub async fn start(
         .add_service(health_service)
         .add_service(grpc::service(infer.clone(), grpc_restrictions))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                |tcp| tcp.and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp)),
+            ),
             stopped(),
         );
     let metrics_server = axum::serve(metrics_listener, metrics::router(infer.clone()))
