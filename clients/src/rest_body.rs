@@ -13,12 +13,12 @@
 use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes};
-use nereid_protocol::rest::{decode_json_data, split_body};
+use nereid_protocol::rest::{decode_json_data, split_body, DataView};
 use nereid_protocol::{
     bytes_elements, element_count, DataType, InferRequest, InferResponse, Parameter, Parameters,
     Tensor,
 };
-use serde::ser::{SerializeMap, SerializeSeq};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -177,49 +177,6 @@ impl Serialize for OutputRequestView<'_> {
     }
 }
 
-/// Serialises a tensor buffer as a flat JSON array of its elements.
-pub(crate) struct DataView<'a>(pub(crate) &'a Tensor);
-
-impl Serialize for DataView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        fn each<S: SerializeSeq, T: bytemuck::Pod, V: Serialize>(
-            seq: &mut S,
-            data: &[u8],
-            map: impl Fn(T) -> V,
-        ) -> Result<(), S::Error> {
-            for chunk in data.chunks_exact(std::mem::size_of::<T>()) {
-                seq.serialize_element(&map(bytemuck::pod_read_unaligned::<T>(chunk)))?;
-            }
-            Ok(())
-        }
-        let t = self.0;
-        let data = &t.data[..];
-        let mut seq = s.serialize_seq(None)?;
-        match t.datatype {
-            DataType::Bool => each(&mut seq, data, |v: u8| v != 0)?,
-            DataType::Uint8 => each(&mut seq, data, |v: u8| v)?,
-            DataType::Int8 => each(&mut seq, data, |v: i8| v)?,
-            DataType::Uint16 => each(&mut seq, data, |v: u16| v)?,
-            DataType::Int16 => each(&mut seq, data, |v: i16| v)?,
-            DataType::Uint32 => each(&mut seq, data, |v: u32| v)?,
-            DataType::Int32 => each(&mut seq, data, |v: i32| v)?,
-            DataType::Uint64 => each(&mut seq, data, |v: u64| v)?,
-            DataType::Int64 => each(&mut seq, data, |v: i64| v)?,
-            DataType::Fp16 => each(&mut seq, data, |v: u16| half::f16::from_bits(v).to_f32())?,
-            DataType::Bf16 => each(&mut seq, data, |v: u16| half::bf16::from_bits(v).to_f32())?,
-            DataType::Fp32 => each(&mut seq, data, |v: f32| v)?,
-            DataType::Fp64 => each(&mut seq, data, |v: f64| v)?,
-            DataType::Bytes => {
-                for element in bytes_elements(data) {
-                    let element = element
-                        .map_err(|()| serde::ser::Error::custom("malformed BYTES buffer"))?;
-                    seq.serialize_element(&String::from_utf8_lossy(element))?;
-                }
-            }
-        }
-        seq.end()
-    }
-}
 
 /// Decodes a JSON `data` array into the tensor byte layout, for every datatype.
 ///

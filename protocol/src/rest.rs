@@ -518,8 +518,9 @@ impl Serialize for OutputView<'_> {
     }
 }
 
-/// Serialises a tensor buffer as a flat JSON array of its elements.
-struct DataView<'a>(&'a Tensor);
+/// Serialises a tensor buffer as a flat JSON array of its elements (the `data` of a v2 JSON
+/// tensor, for requests and responses alike).
+pub struct DataView<'a>(pub &'a Tensor);
 
 impl Serialize for DataView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -553,7 +554,7 @@ impl Serialize for DataView<'_> {
             DataType::Bytes => {
                 for element in bytes_elements(data) {
                     let element = element.map_err(|()| {
-                        serde::ser::Error::custom("malformed BYTES output. This is a bug.")
+                        serde::ser::Error::custom("malformed BYTES buffer")
                     })?;
                     seq.serialize_element(&String::from_utf8_lossy(element))?;
                 }
