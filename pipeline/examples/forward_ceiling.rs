@@ -18,10 +18,20 @@ use nereid_pipeline::model::{ArchitectureSpec, DenseModel};
 
 fn parameter(config: &str, key: &str) -> Option<String> {
     // The three `nereid.*` parameters are single-line `parameters { key: "k" value: { string_value: "v" } }`.
-    config.lines().find(|l| l.contains(&format!("\"{key}\""))).and_then(|line| {
-        let value = line.split("string_value:").nth(1)?;
-        Some(value.trim().trim_start_matches('"').split('"').next()?.to_string())
-    })
+    config
+        .lines()
+        .find(|l| l.contains(&format!("\"{key}\"")))
+        .and_then(|line| {
+            let value = line.split("string_value:").nth(1)?;
+            Some(
+                value
+                    .trim()
+                    .trim_start_matches('"')
+                    .split('"')
+                    .next()?
+                    .to_string(),
+            )
+        })
 }
 
 fn main() -> ExitCode {
@@ -40,7 +50,9 @@ fn main() -> ExitCode {
         let spec = ArchitectureSpec::from_parameters(|k| parameter(&config, k))?;
         let model = DenseModel::load(&dir.join("1/model.safetensors"), spec, &Device::Cpu)?;
         let features = model.input_features();
-        let input: Vec<f32> = (0..batch * features).map(|i| (i % 7) as f32 * 0.5).collect();
+        let input: Vec<f32> = (0..batch * features)
+            .map(|i| (i % 7) as f32 * 0.5)
+            .collect();
         let step = || -> candle_core::Result<()> {
             // As the server does per batch: build the input tensor, forward, read back.
             let x = Tensor::from_vec(input.clone(), (batch, features), &Device::Cpu)?;

@@ -1,36 +1,62 @@
-//! Nereid's model lifecycle on the training side: the dense model architectures that both
-//! training and serving run, reproducible training of classifiers, and publishing trained models
-//! into a Triton-layout model repository.
+//! Nereid's model lifecycle on the training side: the feature store, the dense model
+//! architectures that both training and serving run, reproducible and tracked training, the
+//! pipeline runner, the promotion gate and publishing into a Triton-layout model repository.
 //!
 //! Data flow:
 //!
 //! ```text
-//! features + labels ──train::train_classifier──> TrainedModel (tensors + metrics + split)
-//!        (seeded split, training-split standardisation, AdamW, early stopping)
+//! CSV / Parquet / JSON lines ──store::FeatureStore::ingest──> dataset version
+//!            (Parquet; sha256 id, schema, statistics profile, parents)
+//!     join::build_training_set (point-in-time) ──> dataset version (parents: its inputs)
 //!                                                    │
-//!                     publish::write_model_version   ▼
-//! <repo>/<model>/config.pbtxt, labels.txt, <version>/model.safetensors  (atomic rename)
+//!                     training::train_from_dataset   ▼   (run record: tracking, mlflow mirror)
+//!     features + labels ──train::train_classifier──> TrainedModel ──> run artifacts
+//!                                                    │
+//!               gate::evaluate / gate::gate          ▼   (candidate vs published, same rows)
+//!                     gate::publish ─ publish::publish_next_version (atomic rename)
+//! <repo>/<model>/config.pbtxt, labels.txt,
+//!     <version>/{model.safetensors, reference.json, lineage.json}
 //!                                                    │
 //!                     model::DenseModel::load        ▼
 //! the server's `candle` backend: ArchitectureSpec from config `parameters` + weights -> forward
 //! ```
 //!
+//! - [`store`] owns the feature-store layout and catalog; [`profile`] the statistics profiles;
+//!   [`join`] feature views and point-in-time joins.
 //! - [`model`] owns the file contract (`normalize.*`, `layers.{i}.*` tensor names) and the
 //!   `nereid.*` config parameters that name an architecture; it is the only place either is read.
 //! - [`train`] produces tensors under exactly those names, and measures its metrics through
-//!   [`model::DenseModel`], so a trained model is checked the way it will be served.
-//! - [`publish`] writes a version so that a polling server never sees half of it.
+//!   [`model::DenseModel`], so a trained model is checked the way it will be served;
+//!   [`training`] feeds it from a dataset version and tracks the run ([`tracking`], [`mlflow`]).
+//! - [`runner`] executes pipeline files (a DAG of cached, retried steps; [`validate`] checks
+//!   data); [`gate`] evaluates, gates and publishes; [`publish`] writes a version so that a
+//!   polling server never sees half of it. [`cli`] holds the `nereid features|train|pipeline`
+//!   commands.
 //!
 //! Everything here is synchronous; callers in async code run it on a blocking thread.
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod gate;
+pub mod join;
+pub mod mlflow;
 pub mod model;
+pub mod profile;
 pub mod publish;
+pub mod runner;
+pub mod store;
+pub mod tracking;
 pub mod train;
+pub mod training;
+pub(crate) mod util;
+pub mod validate;
 
 pub use model::{
     Activation, Architecture, ArchitectureSpec, DenseModel, ModelError, OutputActivation,
 };
-pub use publish::{publish_directory, write_model_version, PublishError};
+pub use publish::{
+    model_versions, publish_directory, publish_next_version, write_model_version, PublishError,
+};
+pub use store::{DatasetVersion, FeatureStore, IngestOptions, StoreError};
 pub use train::{train_classifier, Metrics, SplitMetrics, TrainConfig, TrainError, TrainedModel};

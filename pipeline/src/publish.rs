@@ -8,7 +8,13 @@
 //! sees the new version also sees the config written for it.
 //!
 //! Existing versions are never overwritten: versions are immutable once served. Two publishers
-//! racing for the same version number are not coordinated beyond that check.
+//! racing for the same version number are not coordinated beyond that check: the loser gets
+//! [`PublishError::VersionExists`] and nothing of it is visible.
+//!
+//! Entry points: [`write_model_version`] (an in-memory [`TrainedModel`] as a given version),
+//! [`publish_directory`] (a folder as the next version, `nereid repo publish`) and
+//! [`publish_next_version`] (a folder plus a config and labels as the next version, used by the
+//! pipeline's publish step to ship `model.safetensors`, `reference.json` and `lineage.json`).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -150,6 +156,77 @@ pub fn publish_directory(
         copy_tree(source, staging, true)
     })?;
     Ok((version, folder))
+}
+
+/// Publishes the files of `source` as the next version of `<repo>/<model_name>`, first replacing
+/// the model's `config.pbtxt` with `config_pbtxt` and (when `labels` is not empty) its
+/// `labels.txt`, so that a poller that sees the new version also sees its config. Every file of
+/// `source` goes into the version folder. Returns the version and its folder.
+pub fn publish_next_version(
+    repo: &Path,
+    model_name: &str,
+    config_pbtxt: &str,
+    labels: &[String],
+    source: &Path,
+) -> Result<(u64, PathBuf), PublishError> {
+    check_name(model_name)?;
+    check_labels(labels)?;
+    if !source.is_dir() {
+        return Err(PublishError::Io {
+            path: source.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    let model_dir = repo.join(model_name);
+    fs::create_dir_all(&model_dir).map_err(io_err(&model_dir))?;
+    write_file_atomically(&model_dir, CONFIG_FILE, config_pbtxt.as_bytes())?;
+    if !labels.is_empty() {
+        let mut text = labels.join("\n");
+        text.push('\n');
+        write_file_atomically(&model_dir, LABELS_FILE, text.as_bytes())?;
+    }
+    let version = model_versions(repo, model_name)?
+        .last()
+        .copied()
+        .unwrap_or(0)
+        + 1;
+    let folder = publish_staged(&model_dir, version, |staging| {
+        copy_tree(source, staging, false)
+    })?;
+    Ok((version, folder))
+}
+
+/// The numeric version folders of `<repo>/<model_name>`, ascending (empty if the model is absent).
+pub fn model_versions(repo: &Path, model_name: &str) -> Result<Vec<u64>, PublishError> {
+    check_name(model_name)?;
+    let model_dir = repo.join(model_name);
+    let read = match fs::read_dir(&model_dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&model_dir)(e)),
+    };
+    let mut versions: Vec<u64> = read
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .filter(|&v| v > 0)
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+fn check_labels(labels: &[String]) -> Result<(), PublishError> {
+    match labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.is_empty() || l.contains(['\n', '\r']))
+    {
+        Some((index, label)) => Err(PublishError::InvalidLabel {
+            index,
+            label: label.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Copies `from` into `to` (which exists), fsyncing every file and folder written.

@@ -28,6 +28,15 @@ enum Command {
     /// Run one inference against a server (KServe v2 over HTTP or gRPC), with tensors from
     /// JSON or `.npy` files, or inline.
     Infer(nereid_client::cli::InferArgs),
+    /// Feature store: ingest, versions, show, diff, verify, join.
+    #[command(subcommand)]
+    Features(nereid_pipeline::cli::FeaturesCommand),
+    /// Train a classifier from a dataset version (a tracked run).
+    Train(nereid_pipeline::cli::TrainArgs),
+    /// Run pipeline files (ingest -> validate -> train -> evaluate -> gate -> publish) and
+    /// inspect their runs.
+    #[command(subcommand)]
+    Pipeline(nereid_pipeline::cli::PipelineCommand),
     /// Work with a model repository without serving it.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -153,6 +162,10 @@ impl From<ServeArgs> for ServeConfig {
     }
 }
 
+async fn blocking(work: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(work).await?
+}
+
 /// Loads the repository off to the side and prints one line per model version.
 async fn validate(repository: PathBuf) -> anyhow::Result<()> {
     let path = repository.clone();
@@ -233,6 +246,10 @@ fn main() -> ExitCode {
             }
             Command::Repo(RepoCommand::Validate { repository }) => validate(repository).await,
             Command::Infer(args) => nereid_client::cli::run_infer(args).await,
+            // The lifecycle commands are blocking (files, training): off the async threads.
+            Command::Features(cmd) => blocking(move || nereid_pipeline::cli::run_features(cmd)).await,
+            Command::Train(args) => blocking(move || nereid_pipeline::cli::run_train(args)).await,
+            Command::Pipeline(cmd) => blocking(move || nereid_pipeline::cli::run_pipeline(cmd)).await,
         }
     });
     match result {

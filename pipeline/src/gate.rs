@@ -1,0 +1,668 @@
+//! Evaluation, the promotion gate, and publishing a trained run into a model repository.
+//!
+//! Flow: a candidate (a training run's artifact folder, see [`crate::training`]) ->
+//! [`evaluate`]: the candidate and the currently published version of the model (the newest
+//! numeric version whose weights differ from the candidate's) run on the *same* rows, the
+//! candidate's test split of its dataset version -> [`gate`]: the candidate passes only if it is
+//! better than that baseline by more than the configured margin (or there is no baseline) ->
+//! [`publish`]: the weights plus `reference.json` (the training data's profile, for drift
+//! monitors) and `lineage.json` (dataset version, run id, code revision, metrics, gate result)
+//! become the next version, atomically through [`crate::publish::publish_next_version`];
+//! then, if a server URL is configured, the server is asked to load the model
+//! (`POST {url}/v2/repository/models/{model}/load`).
+//!
+//! Publishing is idempotent: a version whose `model.safetensors` has the candidate's hash is
+//! reused rather than published twice, so a retried or re-run publish step does no harm.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ArchitectureSpec, DenseModel};
+use crate::profile::Profile;
+use crate::publish::{
+    model_versions, publish_next_version, PublishError, CONFIG_FILE, LABELS_FILE, MODEL_FILE,
+};
+use crate::store::FeatureStore;
+use crate::tracking::CodeRevision;
+use crate::training::{training_data, ModelInfo, TrainingError, WEIGHTS_FILE};
+use crate::util::{now_rfc3339, sha256_file, to_json_pretty, write_atomic};
+
+/// Drift reference shipped with a published version.
+pub const REFERENCE_FILE: &str = "reference.json";
+/// Provenance shipped with a published version.
+pub const LINEAGE_FILE: &str = "lineage.json";
+
+/// Why evaluation, gating or publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error(transparent)]
+    Training(#[from] TrainingError),
+
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("published version {version} of `{model}`, but the server at {url} did not load it: {message}")]
+    ServerLoad {
+        model: String,
+        version: u64,
+        url: String,
+        message: String,
+    },
+}
+
+type Result<T, E = GateError> = std::result::Result<T, E>;
+
+/// Loss and accuracy on the evaluation rows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub rows: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+/// The published version the candidate was compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub version: u64,
+    pub weights_sha256: String,
+    /// `None` when it could not be evaluated on these rows (see `incomparable`).
+    pub metrics: Option<EvalMetrics>,
+    /// Why the baseline cannot be compared (different inputs or classes, unreadable files).
+    pub incomparable: Option<String>,
+}
+
+/// Candidate and baseline on the same rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub model: String,
+    pub candidate_run: String,
+    pub candidate_weights_sha256: String,
+    pub dataset_version: String,
+    pub candidate: EvalMetrics,
+    /// The version that already holds exactly the candidate's weights, if any.
+    #[serde(default)]
+    pub candidate_published_as: Option<u64>,
+    pub baseline: Option<Baseline>,
+}
+
+/// Which metric decides, and by how much the candidate must win.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// `accuracy` (higher is better) or `loss` (lower is better).
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    /// The candidate must beat the baseline by more than this (in the metric's units).
+    #[serde(default)]
+    pub min_improvement: f64,
+    /// Publish over a baseline that cannot be compared (e.g. other classes) instead of failing.
+    #[serde(default)]
+    pub replace_incomparable: bool,
+}
+
+fn default_metric() -> String {
+    "accuracy".into()
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            metric: default_metric(),
+            min_improvement: 0.0,
+            replace_incomparable: false,
+        }
+    }
+}
+
+/// The gate's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    pub passed: bool,
+    pub reason: String,
+    pub metric: String,
+    pub candidate: f64,
+    pub baseline: Option<f64>,
+    pub baseline_version: Option<u64>,
+    /// Candidate better by this much (positive is better, whatever the metric's direction).
+    pub improvement: Option<f64>,
+    pub min_improvement: f64,
+}
+
+/// The newest published version of `model` whose weights are not `exclude_sha256`, with its hash.
+pub fn current_baseline(
+    repo: &Path,
+    model: &str,
+    exclude_sha256: &str,
+) -> Result<Option<(u64, String)>> {
+    for version in model_versions(repo, model)?.into_iter().rev() {
+        let weights = repo.join(model).join(version.to_string()).join(MODEL_FILE);
+        let Ok((sha, _)) = sha256_file(&weights) else {
+            continue;
+        };
+        if sha != exclude_sha256 {
+            return Ok(Some((version, sha)));
+        }
+    }
+    Ok(None)
+}
+
+/// The published version of `model` whose weights have this hash, if any.
+pub fn published_version_with(repo: &Path, model: &str, sha256: &str) -> Result<Option<u64>> {
+    for version in model_versions(repo, model)?.into_iter().rev() {
+        let weights = repo.join(model).join(version.to_string()).join(MODEL_FILE);
+        if sha256_file(&weights).is_ok_and(|(sha, _)| sha == sha256) {
+            return Ok(Some(version));
+        }
+    }
+    Ok(None)
+}
+
+fn metrics_of(model: &DenseModel, x: &Tensor, y: &Tensor, rows: usize) -> Result<EvalMetrics> {
+    let logits = model.logits(x)?;
+    let loss = candle_nn::loss::cross_entropy(&logits, y)?.to_scalar::<f32>()?;
+    let correct = logits
+        .argmax(D::Minus1)?
+        .eq(y)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok(EvalMetrics {
+        rows,
+        loss: f64::from(loss),
+        accuracy: f64::from(correct) / rows as f64,
+    })
+}
+
+/// The spec a published version runs under: its `lineage.json` if we wrote it, else the model's
+/// `config.pbtxt` parameters.
+fn published_spec(
+    repo: &Path,
+    model: &str,
+    version: u64,
+) -> std::result::Result<ArchitectureSpec, String> {
+    let lineage = repo
+        .join(model)
+        .join(version.to_string())
+        .join(LINEAGE_FILE);
+    if let Ok(text) = std::fs::read(&lineage) {
+        if let Ok(l) = serde_json::from_slice::<Lineage>(&text) {
+            return ArchitectureSpec::from_parameters(|k| l.architecture.get(k).cloned())
+                .map_err(|e| e.to_string());
+        }
+    }
+    let path = repo.join(model).join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = nereid_protocol::config::parse_pbtxt(&text, &path.display().to_string())
+        .map_err(|e| e.to_string())?;
+    ArchitectureSpec::from_parameters(|k| config.parameters.get(k).map(|p| p.string_value.clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// Evaluates the candidate in `candidate_dir` and the current version of `model` in `repo` on
+/// the candidate's test rows.
+pub fn evaluate(
+    store: &FeatureStore,
+    candidate_dir: &Path,
+    repo: &Path,
+    model: &str,
+) -> Result<Evaluation> {
+    let info = ModelInfo::read(candidate_dir)?;
+    if info.test_rows.is_empty() {
+        return Err(GateError::Invalid(format!(
+            "run {} has no test split (test_fraction = 0): nothing to evaluate on",
+            info.run_id
+        )));
+    }
+    let version = store.get(&info.dataset_version)?;
+    let batch = store.read(&version)?;
+    // Drop-null rows exactly as training did, so positions line up.
+    let data = training_data(
+        &batch,
+        version.short_id(),
+        &info.features,
+        &info.label,
+        true,
+    )?;
+    if data.rows != info.dataset_rows || data.classes != info.classes {
+        return Err(GateError::Invalid(format!(
+            "dataset {} no longer yields the rows/classes run {} was trained on",
+            version.short_id(),
+            info.run_id
+        )));
+    }
+    let n = data.n_features;
+    let mut x = Vec::with_capacity(info.test_rows.len() * n);
+    let mut y = Vec::with_capacity(info.test_rows.len());
+    for &r in &info.test_rows {
+        let row = data
+            .features
+            .get(r * n..(r + 1) * n)
+            .ok_or_else(|| GateError::Invalid(format!("test row {r} is outside the dataset")))?;
+        x.extend_from_slice(row);
+        y.push(data.labels[r]);
+    }
+    let rows = y.len();
+    let x = Tensor::from_vec(x, (rows, n), &Device::Cpu)?;
+    let y = Tensor::from_vec(y, rows, &Device::Cpu)?;
+
+    let spec = info.spec()?;
+    let candidate_model = DenseModel::load(&candidate_dir.join(WEIGHTS_FILE), spec, &Device::Cpu)?;
+    let candidate = metrics_of(&candidate_model, &x, &y, rows)?;
+
+    let baseline = match current_baseline(repo, model, &info.weights_sha256)? {
+        None => None,
+        Some((version, weights_sha256)) => {
+            let dir = repo.join(model).join(version.to_string());
+            let labels_path = repo.join(model).join(LABELS_FILE);
+            let attempt = || -> std::result::Result<EvalMetrics, String> {
+                let spec = published_spec(repo, model, version)?;
+                let m = DenseModel::load(&dir.join(MODEL_FILE), spec, &Device::Cpu)
+                    .map_err(|e| e.to_string())?;
+                if m.input_features() != n || m.output_features() != info.classes.len() {
+                    return Err(format!(
+                        "it maps {} inputs to {} outputs, the candidate {} to {}",
+                        m.input_features(),
+                        m.output_features(),
+                        n,
+                        info.classes.len()
+                    ));
+                }
+                if let Ok(text) = std::fs::read_to_string(&labels_path) {
+                    let labels: Vec<&str> = text.lines().collect();
+                    if labels != info.classes {
+                        return Err(format!(
+                            "its classes are {labels:?}, the candidate's {:?}",
+                            info.classes
+                        ));
+                    }
+                }
+                metrics_of(&m, &x, &y, rows).map_err(|e| e.to_string())
+            };
+            let (metrics, incomparable) = match attempt() {
+                Ok(m) => (Some(m), None),
+                Err(e) => (None, Some(e)),
+            };
+            Some(Baseline {
+                version,
+                weights_sha256,
+                metrics,
+                incomparable,
+            })
+        }
+    };
+    Ok(Evaluation {
+        model: model.to_string(),
+        candidate_run: info.run_id.clone(),
+        candidate_weights_sha256: info.weights_sha256.clone(),
+        dataset_version: info.dataset_version.clone(),
+        candidate,
+        candidate_published_as: published_version_with(repo, model, &info.weights_sha256)?,
+        baseline,
+    })
+}
+
+/// Applies the gate to an evaluation.
+pub fn gate(evaluation: &Evaluation, config: &GateConfig) -> Result<GateResult> {
+    let (pick, higher_is_better): (fn(&EvalMetrics) -> f64, bool) = match config.metric.as_str() {
+        "accuracy" => (|m| m.accuracy, true),
+        "loss" => (|m| m.loss, false),
+        other => {
+            return Err(GateError::Invalid(format!(
+                "gate metric `{other}`: use accuracy or loss"
+            )))
+        }
+    };
+    if !(config.min_improvement.is_finite() && config.min_improvement >= 0.0) {
+        return Err(GateError::Invalid(format!(
+            "min_improvement must be finite and >= 0, got {}",
+            config.min_improvement
+        )));
+    }
+    let candidate = pick(&evaluation.candidate);
+    let mut result = GateResult {
+        passed: false,
+        reason: String::new(),
+        metric: config.metric.clone(),
+        candidate,
+        baseline: None,
+        baseline_version: None,
+        improvement: None,
+        min_improvement: config.min_improvement,
+    };
+    match &evaluation.baseline {
+        None => {
+            result.passed = true;
+            result.reason = match evaluation.candidate_published_as {
+                Some(v) => format!(
+                    "the candidate is version {v} of `{}` already (identical weights); {} = {candidate:.4}",
+                    evaluation.model, config.metric
+                ),
+                None => format!(
+                    "no published version of `{}` to compare with; {} = {candidate:.4}",
+                    evaluation.model, config.metric
+                ),
+            };
+        }
+        Some(b) => {
+            result.baseline_version = Some(b.version);
+            match (&b.metrics, &b.incomparable) {
+                (Some(m), _) => {
+                    let base = pick(m);
+                    let improvement = if higher_is_better {
+                        candidate - base
+                    } else {
+                        base - candidate
+                    };
+                    result.baseline = Some(base);
+                    result.improvement = Some(improvement);
+                    result.passed = improvement > config.min_improvement;
+                    result.reason = format!(
+                        "{} {candidate:.4} vs {base:.4} of version {} on the same {} rows: {} by {improvement:+.4} (must be > {})",
+                        config.metric,
+                        b.version,
+                        evaluation.candidate.rows,
+                        if result.passed { "better" } else { "not better" },
+                        config.min_improvement
+                    );
+                }
+                (None, why) => {
+                    let why = why.clone().unwrap_or_default();
+                    result.passed = config.replace_incomparable;
+                    result.reason = format!(
+                        "version {} cannot be compared with the candidate ({why}); {}",
+                        b.version,
+                        if config.replace_incomparable {
+                            "replace_incomparable is set, so the candidate replaces it"
+                        } else {
+                            "set replace_incomparable = true to replace it anyway"
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// How to publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Model name in the repository.
+    pub model: String,
+    /// Input and output tensor names of the generated `config.pbtxt`.
+    #[serde(default = "default_input")]
+    pub input_name: String,
+    #[serde(default = "default_output")]
+    pub output_name: String,
+    #[serde(default = "default_max_batch")]
+    pub max_batch_size: u32,
+    /// Server to ask to load the new version (`POST {url}/v2/repository/models/{m}/load`).
+    #[serde(default)]
+    pub server_url: Option<String>,
+}
+
+fn default_input() -> String {
+    "INPUT".into()
+}
+fn default_output() -> String {
+    "PROBABILITIES".into()
+}
+fn default_max_batch() -> u32 {
+    64
+}
+
+impl PublishConfig {
+    pub fn new(model: impl Into<String>) -> Self {
+        PublishConfig {
+            model: model.into(),
+            input_name: default_input(),
+            output_name: default_output(),
+            max_batch_size: default_max_batch(),
+            server_url: None,
+        }
+    }
+}
+
+/// `lineage.json` of a published version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub format: u32,
+    /// The version is the folder's name (known only at the atomic rename).
+    pub model: String,
+    pub published_at: String,
+    pub dataset_version: String,
+    /// The dataset version's parents (e.g. the inputs of a point-in-time join).
+    pub dataset_parents: Vec<String>,
+    pub training_run: String,
+    pub pipeline_run: Option<String>,
+    pub code: CodeRevision,
+    pub architecture: BTreeMap<String, String>,
+    pub features: Vec<String>,
+    pub label: String,
+    pub classes: Vec<String>,
+    pub weights_sha256: String,
+    pub training_metrics: BTreeMap<String, f64>,
+    pub evaluation: Option<Evaluation>,
+    pub gate: Option<GateResult>,
+}
+
+/// `reference.json` of a published version: what drift monitors compare live inputs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub format: u32,
+    pub dataset_version: String,
+    /// Model input `input_name[i]` is feature `features[i]`.
+    pub input_name: String,
+    pub features: Vec<String>,
+    pub label: String,
+    pub classes: Vec<String>,
+    /// Profile of the rows the model was trained, validated and tested on.
+    pub profile: Profile,
+}
+
+/// The result of [`publish`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub model: String,
+    pub version: u64,
+    pub path: PathBuf,
+    /// SHA-256 of the version's `model.safetensors`.
+    pub weights_sha256: String,
+    /// `false` when the same weights were already published as `version`.
+    pub new_version: bool,
+    /// Whether the server was asked to load it (and did).
+    pub server_loaded: bool,
+}
+
+/// The `config.pbtxt` of a published classifier.
+pub fn config_pbtxt(info: &ModelInfo, config: &PublishConfig, comment: &str) -> String {
+    let mut text = String::new();
+    for line in comment.lines() {
+        text.push_str(&format!("# {line}\n"));
+    }
+    text.push_str(&format!(
+        "name: \"{}\"\nbackend: \"candle\"\nmax_batch_size: {}\n",
+        config.model, config.max_batch_size
+    ));
+    text.push_str(&format!(
+        "input [ {{ name: \"{}\" data_type: TYPE_FP32 dims: [ {} ] }} ]\n",
+        config.input_name,
+        info.features.len()
+    ));
+    text.push_str(&format!(
+        "output [ {{ name: \"{}\" data_type: TYPE_FP32 dims: [ {} ] label_filename: \"{LABELS_FILE}\" }} ]\n",
+        config.output_name,
+        info.classes.len()
+    ));
+    // ArchitectureSpec::to_parameters order, so the file reads like the hand-written ones.
+    if let Ok(spec) = info.spec() {
+        for (k, v) in spec.to_parameters() {
+            text.push_str(&format!(
+                "parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}\n"
+            ));
+        }
+    }
+    text.push_str("instance_group [ { count: 1 kind: KIND_CPU } ]\ndynamic_batching { }\n");
+    text
+}
+
+/// Publishes the candidate as the next version of `config.model` (or finds it already there),
+/// then asks the server to load it when `config.server_url` is set.
+#[allow(clippy::too_many_arguments)]
+pub fn publish(
+    store: &FeatureStore,
+    candidate_dir: &Path,
+    repo: &Path,
+    config: &PublishConfig,
+    code: &CodeRevision,
+    evaluation: Option<&Evaluation>,
+    gate_result: Option<&GateResult>,
+    pipeline_run: Option<&str>,
+) -> Result<Published> {
+    let info = ModelInfo::read(candidate_dir)?;
+    let (version, new_version) =
+        match published_version_with(repo, &config.model, &info.weights_sha256)? {
+            Some(v) => (v, false),
+            None => {
+                let dataset = store.get(&info.dataset_version)?;
+                let staging = tempfile_dir(repo)?;
+                let result = (|| -> Result<(u64, PathBuf)> {
+                    let io = |p: &Path| {
+                        let p = p.to_path_buf();
+                        move |source| GateError::Io { path: p, source }
+                    };
+                    let weights = staging.join(MODEL_FILE);
+                    std::fs::copy(candidate_dir.join(WEIGHTS_FILE), &weights)
+                        .map_err(io(&weights))?;
+                    let reference = Reference {
+                        format: 1,
+                        dataset_version: info.dataset_version.clone(),
+                        input_name: config.input_name.clone(),
+                        features: info.features.clone(),
+                        label: info.label.clone(),
+                        classes: info.classes.clone(),
+                        profile: info.reference.clone(),
+                    };
+                    let path = staging.join(REFERENCE_FILE);
+                    write_atomic(&path, &to_json_pretty(&reference)).map_err(io(&path))?;
+                    let lineage = Lineage {
+                        format: 1,
+                        model: config.model.clone(),
+                        published_at: now_rfc3339(),
+                        dataset_version: info.dataset_version.clone(),
+                        dataset_parents: dataset.parents.clone(),
+                        training_run: info.run_id.clone(),
+                        pipeline_run: pipeline_run.map(str::to_string),
+                        code: code.clone(),
+                        architecture: info.architecture.clone(),
+                        features: info.features.clone(),
+                        label: info.label.clone(),
+                        classes: info.classes.clone(),
+                        weights_sha256: info.weights_sha256.clone(),
+                        training_metrics: info.metrics.clone(),
+                        evaluation: evaluation.cloned(),
+                        gate: gate_result.cloned(),
+                    };
+                    let path = staging.join(LINEAGE_FILE);
+                    write_atomic(&path, &to_json_pretty(&lineage)).map_err(io(&path))?;
+                    let comment = format!(
+                        "Published by the nereid pipeline: training run {}, dataset version {}.",
+                        info.run_id, info.dataset_version
+                    );
+                    let pbtxt = config_pbtxt(&info, config, &comment);
+                    Ok(publish_next_version(
+                        repo,
+                        &config.model,
+                        &pbtxt,
+                        &info.classes,
+                        &staging,
+                    )?)
+                })();
+                let _ = std::fs::remove_dir_all(&staging);
+                (result?.0, true)
+            }
+        };
+    let path = repo.join(&config.model).join(version.to_string());
+    let mut published = Published {
+        model: config.model.clone(),
+        version,
+        path,
+        weights_sha256: info.weights_sha256.clone(),
+        new_version,
+        server_loaded: false,
+    };
+    if let Some(url) = &config.server_url {
+        request_load(url, &config.model).map_err(|message| GateError::ServerLoad {
+            model: config.model.clone(),
+            version,
+            url: url.clone(),
+            message,
+        })?;
+        published.server_loaded = true;
+    }
+    Ok(published)
+}
+
+/// A private folder to assemble a version's files in; `publish_next_version` then copies them
+/// into a staging folder inside the model folder and renames that into place.
+fn tempfile_dir(repo: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(repo).map_err(|source| GateError::Io {
+        path: repo.to_path_buf(),
+        source,
+    })?;
+    let dir = std::env::temp_dir().join(format!("nereid-publish-{}", crate::util::new_run_id()));
+    std::fs::create_dir_all(&dir).map_err(|source| GateError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// `POST {url}/v2/repository/models/{model}/load` (Triton's explicit model-control API).
+pub fn request_load(url: &str, model: &str) -> std::result::Result<(), String> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let endpoint = format!(
+        "{}/v2/repository/models/{model}/load",
+        url.trim_end_matches('/')
+    );
+    let response = client
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .map_err(|e| format!("{endpoint}: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        let body = response.text().unwrap_or_default();
+        Err(format!("{endpoint} answered {status}: {body}"))
+    }
+}
