@@ -8,8 +8,10 @@
 //! - the device-to-device copy bandwidth (the bound for memory-bound kernels);
 //! - each kernel's achieved bandwidth, as a share of that copy bandwidth;
 //! - the Linear epilogue fused (one bias + activation pass) vs unfused (bias pass, then
-//!   activation pass), and both against the bare cuBLAS GEMM (the cuBLAS bound);
-//! - an MLP forward (two 4096 -> 4096 ReLU layers, batch 1/32/256/1024, f32 and f16).
+//!   activation pass) vs in cuBLASLt's own epilogue, all against the bare cuBLAS GEMM (the
+//!   cuBLAS bound);
+//! - an MLP forward (two 4096 -> 4096 ReLU layers, batch 1/32/256/1024, f32 and f16), with the
+//!   kernel epilogue (compared with PyTorch by torch_mlp.py) and with cuBLASLt's (`mlp-lt` rows).
 //!
 //! Writes `DIR/bench.json` (every row), `DIR/bench.txt` (the table), and the MLP's weights,
 //! input and outputs as raw little-endian f32 (`mlp_*.bin`), which `torch_mlp.py` loads to time
@@ -24,7 +26,9 @@ use std::process::ExitCode;
 use nereid_kernels::cudarc::driver::sys::CUevent_flags;
 use nereid_kernels::half::f16;
 use nereid_kernels::testing::Rng;
-use nereid_kernels::{Activation, CudaSlice, Gpu, GpuFloat, HistogramEdges, KernelError, Linear};
+use nereid_kernels::{
+    Activation, CudaSlice, Epilogue, Gpu, GpuFloat, HistogramEdges, KernelError, Linear,
+};
 
 const HIDDEN: usize = 4096;
 const MLP_LAYERS: usize = 2;
@@ -224,6 +228,8 @@ fn epilogue_rows<T: GpuFloat>(gpu: &Gpu, rng: &mut Rng, rows: &mut Vec<Row>) -> 
         .map(T::from_f32)
         .collect();
     let layer = Linear::new(gpu, &w, Some(&b), HIDDEN, HIDDEN, Activation::Relu)?;
+    let layer_lt = Linear::new(gpu, &w, Some(&b), HIDDEN, HIDDEN, Activation::Relu)?
+        .with_epilogue(Epilogue::CublasLt);
     let dw = gpu.upload(&w)?;
     for batch in [256, 1024] {
         let x: Vec<T> = rng
@@ -237,6 +243,7 @@ fn epilogue_rows<T: GpuFloat>(gpu: &Gpu, rng: &mut Rng, rows: &mut Vec<Row>) -> 
         let t_gemm = time(gpu, || gpu.gemm(&dx, &dw, &mut y, batch, HIDDEN, HIDDEN))?;
         let t_fused = time(gpu, || layer.forward(gpu, &dx, &mut y, batch))?;
         let t_unfused = time(gpu, || layer.forward_unfused(gpu, &dx, &mut y, batch))?;
+        let t_lt = time(gpu, || layer_lt.forward(gpu, &dx, &mut y, batch))?;
         let case = |what: &str| format!("Linear {HIDDEN}->{HIDDEN} relu b={batch}: {what}");
         let bound = tflops(flops, t_gemm);
         rows.push(Row {
@@ -250,6 +257,7 @@ fn epilogue_rows<T: GpuFloat>(gpu: &Gpu, rng: &mut Rng, rows: &mut Vec<Row>) -> 
         for (what, t) in [
             ("GEMM + fused bias+act", t_fused),
             ("GEMM + bias, + act", t_unfused),
+            ("cuBLASLt bias+act epilogue", t_lt),
         ] {
             let tf = tflops(flops, t);
             rows.push(Row {
@@ -327,6 +335,46 @@ fn mlp<T: GpuFloat>(
             let path = out.join(format!("mlp_y_{}_b{CHECK_ROWS}.bin", T::NAME));
             write_f32(&path, &got).map_err(|e| io_err(&path, e))?;
         }
+    }
+    // The same MLP with the bias + ReLU in cuBLASLt's epilogue, against the kernel epilogue.
+    let layers_lt = weights
+        .iter()
+        .map(|(w, b)| {
+            Linear::new(
+                gpu,
+                &conv(w),
+                Some(&conv(b)),
+                HIDDEN,
+                HIDDEN,
+                Activation::Relu,
+            )
+            .map(|l| l.with_epilogue(Epilogue::CublasLt))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for batch in MLP_BATCHES {
+        let dx = gpu.upload(&conv(&x_all[..batch * HIDDEN]))?;
+        let mut h: CudaSlice<T> = gpu.zeros(batch * HIDDEN)?;
+        let mut y: CudaSlice<T> = gpu.zeros(batch * HIDDEN)?;
+        let t = time(gpu, || {
+            layers_lt[0].forward(gpu, &dx, &mut h, batch)?;
+            layers_lt[1].forward(gpu, &h, &mut y, batch)
+        })?;
+        let kernel_us = results
+            .iter()
+            .find(|r| r.dtype == T::NAME && r.batch == batch)
+            .map_or(f64::NAN, |r| r.us);
+        let flops = 2.0 * (MLP_LAYERS * batch * HIDDEN * HIDDEN) as f64;
+        rows.push(Row {
+            section: "mlp-lt",
+            case: format!("MLP {MLP_LAYERS}x{HIDDEN} relu b={batch}, cuBLASLt epilogue"),
+            dtype: T::NAME,
+            time_us: t * 1e6,
+            throughput: format!("{:.1} TFLOP/s", tflops(flops, t)),
+            versus: format!(
+                "kernel epilogue {kernel_us:.1} us: cuBLASLt {:.2}x",
+                kernel_us / (t * 1e6)
+            ),
+        });
     }
     Ok(())
 }

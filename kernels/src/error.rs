@@ -31,6 +31,14 @@ pub enum KernelError {
     )]
     NoCublas,
 
+    /// cuBLASLt (used for GEMMs with a fused epilogue, `Epilogue::CublasLt`) could not be loaded.
+    #[error(
+        "cuBLASLt not found (libcublasLt.so could not be loaded): install the CUDA toolkit or the \
+         nvidia-cublas wheel and put its lib directory on LD_LIBRARY_PATH or in \
+         NEREID_CUDA_LIB_DIRS"
+    )]
+    NoCublasLt,
+
     /// A library named by `NEREID_CUDA_LIB_DIRS` (or passed to `load_cuda_libraries`) failed to load.
     #[error("could not load {path}: {message}")]
     LibraryLoad { path: PathBuf, message: String },
@@ -50,6 +58,10 @@ pub enum KernelError {
         #[source]
         source: cudarc::cublas::result::CublasError,
     },
+
+    /// A cuBLASLt call failed.
+    #[error("cuBLASLt error in {op}: {message}")]
+    CublasLt { op: &'static str, message: String },
 
     /// NVRTC rejected a kernel source; `log` is the compiler's output.
     #[error("NVRTC failed to compile {module} for {target}: {status}\n{log}")]

@@ -8,7 +8,10 @@
 //! - their CPU references ([`cpu`]), which define the semantics and serve as the test oracle;
 //! - the device side ([`Gpu`], [`Linear`]): NVRTC compilation at first use, cached per process
 //!   and architecture, modules loaded per device, safe wrappers that check shapes, lengths and
-//!   launch errors, and cuBLAS GEMMs.
+//!   launch errors, cuBLAS GEMMs and cuBLASLt GEMMs with a fused bias/ReLU epilogue
+//!   ([`Epilogue`]), a stream per handle ([`Gpu::new_stream`]) and pinned host buffers
+//!   ([`PinnedBuffer`]);
+//! - GPU utilisation and memory through NVML ([`nvml`]), for metrics.
 //!
 //! Data flow on the GPU: host slices -> [`Gpu::upload`] -> device buffers (`CudaSlice<T>`) ->
 //! kernels / GEMMs queued in order on the device's stream -> [`Gpu::download`]. The first use
@@ -21,7 +24,7 @@
 //! found on the loader path or in the directories of `NEREID_CUDA_LIB_DIRS` (see
 //! [`load_cuda_libraries`]).
 //!
-//! All `unsafe` code is in the `gpu` module; the CPU references forbid it.
+//! All `unsafe` code is in the `gpu` and `nvml` modules; the CPU references forbid it.
 
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -30,6 +33,9 @@ pub mod cpu;
 mod error;
 #[allow(unsafe_code)]
 mod gpu;
+/// GPU utilisation and memory through NVML, for the server's `nv_gpu_*` metrics.
+#[allow(unsafe_code)]
+pub mod nvml;
 mod op;
 mod source;
 #[doc(hidden)]
@@ -40,11 +46,14 @@ pub use gpu::libs::{
     cublas_present, driver_present, lib_dirs_from_env, load_cuda_libraries, nvrtc_present,
     LIB_DIRS_ENV,
 };
+pub use gpu::lt::cublaslt_present;
 pub use gpu::nvrtc::{
     compile, compile_all, nvrtc_version, ptx_entry_points, CompileTarget, CompiledModule,
     NVRTC_OPTIONS,
 };
-pub use gpu::{DeviceHistogramEdges, DeviceTopK, Gpu, GpuFloat, Linear};
+pub use gpu::{
+    DeviceHistogramEdges, DeviceTopK, Epilogue, Gpu, GpuFloat, Linear, PinnedBuffer, PinnedPurpose,
+};
 pub use op::{Activation, HistogramEdges, TopK};
 pub use source::{KernelSource, KERNEL_SOURCES, PRELUDE};
 

@@ -58,7 +58,12 @@ pub static KERNEL_SOURCES: [KernelSource; 5] = [
     KernelSource {
         name: "topk.cu",
         source: include_str!("cuda/topk.cu"),
-        entry_points: &["topk_rows_f32"],
+        entry_points: &[
+            "topk_rows_warp8_f32",
+            "topk_rows_warp16_f32",
+            "topk_rows_warp32_f32",
+            "topk_rows_f32",
+        ],
     },
     KernelSource {
         name: "standardize.cu",

@@ -8,7 +8,9 @@
 
 use nereid_kernels::half::f16;
 use nereid_kernels::testing::{check_close, check_exact, seed, Rng};
-use nereid_kernels::{cpu, Activation, CudaSlice, Gpu, HistogramEdges, KernelError, Linear};
+use nereid_kernels::{
+    cpu, Activation, CudaSlice, Epilogue, Gpu, HistogramEdges, KernelError, Linear, PinnedPurpose,
+};
 
 /// Runs `t` once per CUDA device, or prints why it cannot.
 fn on_every_device(name: &str, t: fn(&Gpu, &mut Rng)) {
@@ -193,6 +195,11 @@ fn t_softmax(gpu: &Gpu, rng: &mut Rng) {
         (33, 4096),
         (1000, 10),
         (2, 70000),
+        // The shared-memory row cache: largest cached row (vectorised), one more (uncached),
+        // cached but not a multiple of 4 (scalar).
+        (3, 12288),
+        (3, 12289),
+        (4, 4097),
     ] {
         let x = rng.vec(rows * cols, -20.0, 20.0);
         let mut want = vec![0.0; x.len()];
@@ -235,10 +242,40 @@ fn t_softmax(gpu: &Gpu, rng: &mut Rng) {
         "NaN/+Inf/-Inf rows: {got:?}"
     );
     assert_eq!(got[15], 0.0, "-Inf entries get 0");
+
+    // Views one element in are not 16-byte aligned: the cached path must not vectorise.
+    let (rows, cols) = (7, 64);
+    let x = rng.vec(rows * cols + 1, -5.0, 5.0);
+    let mut want = vec![0.0; rows * cols];
+    ok("cpu", cpu::softmax_rows_f32(&x[1..], &mut want, rows, cols));
+    let dx = ok("upload", gpu.upload(&x));
+    let mut dy = ok("zeros", gpu.zeros::<f32>(rows * cols + 1));
+    {
+        let mut view = dy.slice_mut(1..);
+        ok(
+            "softmax (views)",
+            gpu.softmax_rows_f32(&dx.slice(1..), &mut view, rows, cols),
+        );
+    }
+    let got = ok("download", gpu.download(&dy));
+    expect(check_close(
+        "softmax misaligned views",
+        &got[1..],
+        &want,
+        1e-5,
+        1e-6,
+    ));
 }
 
 fn t_topk(gpu: &Gpu, rng: &mut Rng) {
-    let shapes: [(usize, usize, usize); 11] = [
+    // k <= 32 takes the one-warp-per-row kernel (lists of 8, 16 or 32), larger k the rank one.
+    let shapes: [(usize, usize, usize); 17] = [
+        (50, 1000, 32),
+        (5, 129, 33),
+        (7, 97, 17),
+        (9, 64, 16),
+        (6, 31, 9),
+        (3, 2000, 8),
         (0, 5, 3),
         (3, 0, 2),
         (1, 1, 1),
@@ -359,6 +396,10 @@ fn t_histogram(gpu: &Gpu, rng: &mut Rng) {
         (1000, 7, 11),
         (100_000, 64, 17),
         (3000, 1000, 20),
+        // Counts in shared memory, edges not (45.6 KB + 40.8 KB > 48 KB).
+        (2000, 600, 17),
+        // Counts global (56 KB), edges in shared memory (40 KB).
+        (500, 2000, 5),
     ] {
         let edges = random_edges(rng, cols, n_edges);
         let mut x = Vec::with_capacity(rows * cols);
@@ -551,6 +592,220 @@ fn t_linear_f16(gpu: &Gpu, rng: &mut Rng) {
     }
 }
 
+fn t_linear_cublaslt(gpu: &Gpu, rng: &mut Rng) {
+    let mut shapes = LINEAR_SHAPES.to_vec();
+    shapes.push((256, 512, 384));
+    for (batch, inf, outf) in shapes {
+        let x = rng.vec(batch * inf, -1.0, 1.0);
+        let w = rng.vec(outf * inf, -1.0, 1.0);
+        let bias = rng.vec(outf, -1.0, 1.0);
+        let dx = ok("upload", gpu.upload(&x));
+        for act in [Activation::Identity, Activation::Relu] {
+            for with_bias in [true, false] {
+                let b = with_bias.then_some(&bias[..]);
+                let mut want = vec![0.0; batch * outf];
+                ok(
+                    "cpu",
+                    cpu::linear_f32(&x, &w, b, &mut want, batch, inf, outf, act),
+                );
+                let layer = ok("Linear::new", Linear::new(gpu, &w, b, inf, outf, act))
+                    .with_epilogue(Epilogue::CublasLt);
+                assert_eq!(layer.epilogue(), Epilogue::CublasLt);
+                let what = format!("cuBLASLt f32 {act:?} bias={with_bias} {batch}x{inf}->{outf}");
+                // Twice: the second call reuses the cached plan.
+                for round in 0..2 {
+                    let mut y = ok("zeros", gpu.zeros::<f32>(batch * outf));
+                    ok(&what, layer.forward(gpu, &dx, &mut y, batch));
+                    let got = ok("download", gpu.download(&y));
+                    check_linear(
+                        &format!("{what} (call {round})"),
+                        &got,
+                        &want,
+                        &x,
+                        &w,
+                        b,
+                        (batch, inf, outf),
+                        1e-5,
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+    for (batch, inf, outf) in [(16, 64, 48), (1, 4096, 8), (3, 5, 7)] {
+        let x = to_f16(&rng.vec(batch * inf, -1.0, 1.0));
+        let w = to_f16(&rng.vec(outf * inf, -0.1, 0.1));
+        let bias = to_f16(&rng.vec(outf, -1.0, 1.0));
+        let (xf, wf, bf) = (to_f32(&x), to_f32(&w), to_f32(&bias));
+        let dx = ok("upload", gpu.upload(&x));
+        for act in [Activation::Identity, Activation::Relu] {
+            let mut want = vec![f16::ZERO; batch * outf];
+            ok(
+                "cpu",
+                cpu::linear_f16(&x, &w, Some(&bias), &mut want, batch, inf, outf, act),
+            );
+            let layer = ok(
+                "Linear::new",
+                Linear::new(gpu, &w, Some(&bias), inf, outf, act),
+            )
+            .with_epilogue(Epilogue::CublasLt);
+            let mut y: CudaSlice<f16> = ok("zeros", gpu.zeros(batch * outf));
+            let what = format!("cuBLASLt f16 {act:?} {batch}x{inf}->{outf}");
+            ok(&what, layer.forward(gpu, &dx, &mut y, batch));
+            let got = to_f32(&ok("download", gpu.download(&y)));
+            check_linear(
+                &what,
+                &got,
+                &to_f32(&want),
+                &xf,
+                &wf,
+                Some(&bf),
+                (batch, inf, outf),
+                1e-2,
+                1e-3,
+            );
+        }
+    }
+    // A view that does not start on a 256-byte boundary takes the kernel path: same values.
+    let (batch, inf, outf) = (5, 16, 12);
+    let x = rng.vec(batch * inf + 1, -1.0, 1.0);
+    let w = rng.vec(outf * inf, -1.0, 1.0);
+    let bias = rng.vec(outf, -1.0, 1.0);
+    let mut want = vec![0.0; batch * outf];
+    ok(
+        "cpu",
+        cpu::linear_f32(
+            &x[1..],
+            &w,
+            Some(&bias),
+            &mut want,
+            batch,
+            inf,
+            outf,
+            Activation::Relu,
+        ),
+    );
+    let layer = ok(
+        "Linear::new",
+        Linear::new(gpu, &w, Some(&bias), inf, outf, Activation::Relu),
+    )
+    .with_epilogue(Epilogue::CublasLt);
+    let dx = ok("upload", gpu.upload(&x));
+    let mut y = ok("zeros", gpu.zeros::<f32>(batch * outf));
+    ok(
+        "cuBLASLt misaligned view",
+        layer.forward(gpu, &dx.slice(1..), &mut y, batch),
+    );
+    check_linear(
+        "cuBLASLt misaligned view",
+        &ok("download", gpu.download(&y)),
+        &want,
+        &x[1..],
+        &w,
+        Some(&bias),
+        (batch, inf, outf),
+        1e-5,
+        1e-5,
+    );
+
+    // Activations cuBLASLt has no exact epilogue for stay on the kernel.
+    let w = rng.vec(12, -1.0, 1.0);
+    for act in [Activation::Gelu, Activation::Sigmoid, Activation::Tanh] {
+        let layer = ok("Linear::new", Linear::new(gpu, &w, None, 4, 3, act))
+            .with_epilogue(Epilogue::CublasLt);
+        assert_eq!(layer.epilogue(), Epilogue::Kernel, "{act:?}");
+        let x = ok("zeros", gpu.zeros::<f32>(8));
+        let mut y = ok("zeros", gpu.zeros::<f32>(6));
+        match layer.forward_lt(gpu, &x, &mut y, 2) {
+            Err(KernelError::InvalidArgument { .. }) => {}
+            other => panic!("forward_lt with {act:?}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+}
+
+fn t_streams_and_pinned(gpu: &Gpu, rng: &mut Rng) {
+    let (rows, cols) = (300, 37);
+    let n = rows * cols;
+    let inputs: Vec<Vec<f32>> = (0..2).map(|_| rng.vec(n, -8.0, 8.0)).collect();
+    // Two handles with their own streams, driven from two threads at once, each through pinned
+    // staging buffers; several rounds so that uploads overlap with earlier work.
+    std::thread::scope(|scope| {
+        for x in &inputs {
+            let h = ok("new_stream", gpu.new_stream());
+            scope.spawn(move || {
+                let mut up = ok(
+                    "alloc_pinned",
+                    h.alloc_pinned::<f32>(n + 5, PinnedPurpose::Upload),
+                );
+                let mut down = ok(
+                    "alloc_pinned",
+                    h.alloc_pinned::<f32>(n + 5, PinnedPurpose::Download),
+                );
+                assert_eq!(up.len(), n + 5);
+                assert!(
+                    ok("as_slice", up.as_slice()).iter().all(|&v| v == 0.0),
+                    "zeroed"
+                );
+                let mut dx = ok("zeros", h.zeros::<f32>(n));
+                let mut dy = ok("zeros", h.zeros::<f32>(n));
+                let mut want = vec![0.0; n];
+                for round in 0..4 {
+                    // Fewer rows each round: the transfers use a prefix of the pinned buffers.
+                    let r = rows - round * 50;
+                    let m = r * cols;
+                    ok("as_mut_slice", up.as_mut_slice())[..m].copy_from_slice(&x[..m]);
+                    ok(
+                        "upload_pinned",
+                        h.upload_pinned(&mut up, &mut dx.slice_mut(..m)),
+                    );
+                    ok(
+                        "softmax",
+                        h.softmax_rows_f32(&dx.slice(..m), &mut dy.slice_mut(..m), r, cols),
+                    );
+                    ok(
+                        "download_pinned",
+                        h.download_pinned(&dy.slice(..m), &mut down),
+                    );
+                    ok(
+                        "cpu",
+                        cpu::softmax_rows_f32(&x[..m], &mut want[..m], r, cols),
+                    );
+                    let got = ok("as_slice", down.as_slice());
+                    expect(check_close(
+                        &format!("pinned round {round}"),
+                        &got[..m],
+                        &want[..m],
+                        1e-5,
+                        1e-6,
+                    ));
+                }
+                // A transfer longer than the pinned buffer is a shape error.
+                let mut big = ok("zeros", h.zeros::<f32>(n + 6));
+                match h.upload_pinned(&mut up, &mut big) {
+                    Err(KernelError::Shape { .. }) => {}
+                    other => panic!("oversized upload: expected a shape error, got {other:?}"),
+                }
+            });
+        }
+    });
+    // A buffer written on one stream and read on another: cudarc orders them with events.
+    let a = ok("new_stream", gpu.new_stream());
+    let b = ok("new_stream", gpu.new_stream());
+    let x = &inputs[0];
+    let da = ok("upload", a.upload(x));
+    let mut db = ok("zeros", b.zeros::<f32>(n));
+    ok("softmax on b", b.softmax_rows_f32(&da, &mut db, rows, cols));
+    let mut want = vec![0.0; n];
+    ok("cpu", cpu::softmax_rows_f32(x, &mut want, rows, cols));
+    expect(check_close(
+        "cross-stream",
+        &ok("download", b.download(&db)),
+        &want,
+        1e-5,
+        1e-6,
+    ));
+}
+
 // ------------------------------------------------------------------------------------------
 // errors, module cache
 // ------------------------------------------------------------------------------------------
@@ -639,6 +894,16 @@ fn linear_f32_matches_cpu_and_fused_equals_unfused() {
 #[test]
 fn linear_f16_matches_cpu() {
     on_every_device("linear_f16", t_linear_f16);
+}
+
+#[test]
+fn linear_cublaslt_epilogue_matches_cpu() {
+    on_every_device("linear_cublaslt", t_linear_cublaslt);
+}
+
+#[test]
+fn streams_and_pinned_buffers() {
+    on_every_device("streams_and_pinned", t_streams_and_pinned);
 }
 
 #[test]

@@ -162,7 +162,9 @@ impl From<ServeArgs> for ServeConfig {
     }
 }
 
-async fn blocking(work: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+async fn blocking(
+    work: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(work).await?
 }
 
@@ -247,9 +249,13 @@ fn main() -> ExitCode {
             Command::Repo(RepoCommand::Validate { repository }) => validate(repository).await,
             Command::Infer(args) => nereid_client::cli::run_infer(args).await,
             // The lifecycle commands are blocking (files, training): off the async threads.
-            Command::Features(cmd) => blocking(move || nereid_pipeline::cli::run_features(cmd)).await,
+            Command::Features(cmd) => {
+                blocking(move || nereid_pipeline::cli::run_features(cmd)).await
+            }
             Command::Train(args) => blocking(move || nereid_pipeline::cli::run_train(args)).await,
-            Command::Pipeline(cmd) => blocking(move || nereid_pipeline::cli::run_pipeline(cmd)).await,
+            Command::Pipeline(cmd) => {
+                blocking(move || nereid_pipeline::cli::run_pipeline(cmd)).await
+            }
         }
     });
     match result {

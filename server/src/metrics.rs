@@ -204,6 +204,32 @@ fn gather(state: &MetricsState) -> Vec<MetricFamily> {
         per_model(&|m, l| vec![batch_histogram(&m.snapshot, m.max_batch_size, l)]),
     ));
 
+    // GPU gauges where the driver's NVML library loads; a scrape never fails because of it.
+    if let Some(gpus) = nereid_kernels::nvml::sample().filter(|g| !g.is_empty()) {
+        let per_gpu = |value: fn(&nereid_kernels::nvml::GpuSample) -> f64| -> Vec<Metric> {
+            gpus.iter()
+                .map(|g| gauge(&[("gpu_uuid", &g.uuid)], value(g)))
+                .collect()
+        };
+        families.push(family(
+            "nv_gpu_utilization",
+            "GPU utilization rate [0.0 - 1.0)",
+            MetricType::GAUGE,
+            per_gpu(|g| g.utilization),
+        ));
+        families.push(family(
+            "nv_gpu_memory_total_bytes",
+            "GPU total memory, in bytes",
+            MetricType::GAUGE,
+            per_gpu(|g| g.memory_total_bytes as f64),
+        ));
+        families.push(family(
+            "nv_gpu_memory_used_bytes",
+            "GPU used memory, in bytes",
+            MetricType::GAUGE,
+            per_gpu(|g| g.memory_used_bytes as f64),
+        ));
+    }
     let cpu = cpu_utilization(&state.cpu);
     families.push(family(
         "nv_cpu_utilization",

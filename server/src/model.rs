@@ -116,8 +116,9 @@ impl ModelVersion {
                 version_dir: model_dir.join(version.to_string()),
             };
             let policy = Policy::from_config(&config).map_err(Error::invalid_arg)?;
-            let mut instances = (0..instance_count(&config))
-                .map(|_| backend::create(&ctx))
+            let mut instances = backend::placements(&config)?
+                .into_iter()
+                .map(|placement| backend::create(&ctx, placement))
                 .collect::<Result<Vec<_>, _>>()?;
             let batching = config.max_batch_size > 0;
             let warmups =
@@ -555,16 +556,6 @@ pub fn classify(
     ))
 }
 
-/// Instances to start: the sum of the config's `instance_group` counts, at least one.
-fn instance_count(config: &ModelConfig) -> usize {
-    let total: i64 = config
-        .instance_group
-        .iter()
-        .map(|g| i64::from(g.count.max(1)))
-        .sum();
-    total.max(1) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,14 +581,5 @@ mod tests {
         assert_eq!(out.shape, vec![2]);
         let strings: Vec<&[u8]> = bytes_elements(&out.data).map(|e| e.unwrap()).collect();
         assert_eq!(strings, vec![&b"3.000000:1"[..], b"1.000000:0"]);
-    }
-
-    #[test]
-    fn instance_counts() {
-        let mut c = ModelConfig::default();
-        assert_eq!(instance_count(&c), 1);
-        c.instance_group = vec![Default::default(), Default::default()];
-        c.instance_group[0].count = 3;
-        assert_eq!(instance_count(&c), 4);
     }
 }

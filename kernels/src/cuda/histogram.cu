@@ -10,9 +10,14 @@
 // them, so one window can be accumulated over many batches. The CPU reference is
 // `cpu::histogram_f32` (same slot function, same layout).
 //
-// Launch (see `Gpu::histogram_f32`): 1-D grid of 256-thread blocks, at least `cols` threads; with
-// `use_shared` != 0 each block first counts into dynamic shared memory of cols * (n + 3) * 4 bytes
-// and then adds its non-zero counts to global memory.
+// Launch (see `Gpu::histogram_f32`): 1-D grid, blockDim.x a multiple of 32, at least `cols`
+// threads in the grid. `shared_mode` says what lives in dynamic shared memory:
+//   bit 0: the block's counts, cols * (n + 3) u32, zeroed first and added to global memory once at
+//          the end (one atomic per non-zero slot per block instead of one per element);
+//   bit 1: a copy of the edges, cols * n_edges f32 (after the counts when bit 0 is set), so the
+//          binary search does not wait on global/L1 loads.
+// The launch provides exactly the bytes the set bits need. Each thread loads four rows before
+// it counts any, so that enough loads are in flight to stream x at full bandwidth.
 
 // Slot of v among the edges e[0..n_edges).
 __device__ __forceinline__ int histogram_slot(float v,
@@ -37,26 +42,45 @@ __device__ __forceinline__ int histogram_slot(float v,
 extern "C" __global__ void histogram_f32(const float* __restrict__ x,         // [rows, cols]
                                          const float* __restrict__ edges,     // [cols, n_edges]
                                          unsigned int* __restrict__ counts,   // [cols, n_edges + 2], accumulated
-                                         long long rows, int cols, int n_edges, int use_shared) {
-    extern __shared__ unsigned int histogram_block[];  // [cols, n_edges + 2] when use_shared
+                                         long long rows, int cols, int n_edges, int shared_mode) {
+    extern __shared__ unsigned int histogram_block[];  // see `shared_mode` above
+    const bool shared_counts = (shared_mode & 1) != 0;
+    const bool shared_edges = (shared_mode & 2) != 0;
     const int slots = n_edges + 2;
     const int total_slots = cols * slots;
-    if (use_shared) {
-        for (int i = threadIdx.x; i < total_slots; i += blockDim.x) histogram_block[i] = 0u;
-        __syncthreads();
+    unsigned int* block_counts = histogram_block;  // [cols, slots] when shared_counts
+    float* block_edges =                           // [cols, n_edges] when shared_edges
+        reinterpret_cast<float*>(histogram_block + (shared_counts ? total_slots : 0));
+    if (shared_counts) {
+        for (int i = threadIdx.x; i < total_slots; i += blockDim.x) block_counts[i] = 0u;
     }
+    if (shared_edges) {
+        const int total_edges = cols * n_edges;
+        for (int i = threadIdx.x; i < total_edges; i += blockDim.x) block_edges[i] = edges[i];
+    }
+    if (shared_counts || shared_edges) __syncthreads();
     const NereidColumnWalk w = nereid_column_walk(cols);
     if (w.u >= 0) {
-        const float* e = edges + w.u * n_edges;  // [n_edges]
-        unsigned int* h = (use_shared ? histogram_block : counts) + w.u * slots;  // [slots]
-        for (long long r = w.r0; r < rows; r += w.row_stride) {
-            atomicAdd(h + histogram_slot(x[r * cols + w.u], e, n_edges), 1u);
+        const float* e = (shared_edges ? block_edges : edges) + w.u * n_edges;  // [n_edges]
+        unsigned int* h = (shared_counts ? block_counts : counts) + w.u * slots;  // [slots]
+        const long long s = w.row_stride;
+        long long r = w.r0;
+        for (; r + 3 * s < rows; r += 4 * s) {
+            const float v0 = x[r * cols + w.u];
+            const float v1 = x[(r + s) * cols + w.u];
+            const float v2 = x[(r + 2 * s) * cols + w.u];
+            const float v3 = x[(r + 3 * s) * cols + w.u];
+            atomicAdd(h + histogram_slot(v0, e, n_edges), 1u);
+            atomicAdd(h + histogram_slot(v1, e, n_edges), 1u);
+            atomicAdd(h + histogram_slot(v2, e, n_edges), 1u);
+            atomicAdd(h + histogram_slot(v3, e, n_edges), 1u);
         }
+        for (; r < rows; r += s) atomicAdd(h + histogram_slot(x[r * cols + w.u], e, n_edges), 1u);
     }
-    if (use_shared) {
+    if (shared_counts) {
         __syncthreads();
         for (int i = threadIdx.x; i < total_slots; i += blockDim.x) {
-            const unsigned int v = histogram_block[i];
+            const unsigned int v = block_counts[i];
             if (v != 0u) atomicAdd(counts + i, v);
         }
     }

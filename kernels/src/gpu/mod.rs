@@ -5,13 +5,19 @@
 //! against the shape it is given, the 32-bit limits of the kernels' parameters and that buffers
 //! belong to this device before it launches, and maps launch failures to [`KernelError`].
 //!
-//! Concurrency: a [`Gpu`] is a cheap `Clone` handle (`Arc`) that is `Send + Sync`. All work is
-//! queued on the context's default stream, in call order; reads back to the host
-//! ([`Gpu::download`]) and [`Gpu::synchronize`] wait for it. Kernel modules are compiled by NVRTC
-//! on first use, once per process for each (module, architecture) pair, and loaded once per
-//! [`Gpu`]; the cuBLAS handle is created on the first GEMM and used under a mutex.
+//! Concurrency: a [`Gpu`] is a cheap `Clone` handle (`Arc`) that is `Send + Sync`. All work of
+//! a handle is queued on its stream, in call order: the context's default stream for
+//! [`Gpu::new`], a non-blocking stream of its own for [`Gpu::new_stream`] (one per model
+//! instance, so that instances on one device overlap). Reads back to the host
+//! ([`Gpu::download`], [`Gpu::download_pinned`]) and [`Gpu::synchronize`] wait for the handle's
+//! stream. Kernel modules are compiled by NVRTC on first use, once per process for each (module,
+//! architecture) pair, and loaded once per device context (shared by the handles that
+//! [`Gpu::new_stream`] derives); each handle creates its own cuBLAS handle on its first GEMM and
+//! uses it under a mutex. Buffers may be used on any handle of the same context: cudarc orders
+//! accesses from different streams with events.
 
 pub(crate) mod libs;
+pub(crate) mod lt;
 pub(crate) mod nvrtc;
 
 use std::collections::HashMap;
@@ -19,9 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::{result as cublas_result, sys as cublas_sys, CudaBlas};
 use cudarc::driver::{
-    sys as driver_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DevicePtrMut, DeviceRepr, DeviceSlice, DriverError, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    sys as driver_sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, DriverError, LaunchConfig, PinnedHostSlice,
+    PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use half::f16;
@@ -53,6 +59,9 @@ pub trait GpuFloat:
     /// cuBLAS data type.
     #[doc(hidden)]
     const CUDA_DATA_TYPE: cublas_sys::cudaDataType;
+    /// cuBLASLt data type (the same value, cuBLASLt's binding of it).
+    #[doc(hidden)]
+    const LT_DATA_TYPE: cudarc::cublaslt::sys::cudaDataType;
     /// Widen to f32 (exact).
     fn to_f32(self) -> f32;
     /// Round from f32 (to nearest, ties to even).
@@ -64,6 +73,8 @@ impl GpuFloat for f32 {
     const BIAS_ACT_ENTRY: &'static str = "bias_act_f32";
     const VEC_ALIGN: u64 = 16;
     const CUDA_DATA_TYPE: cublas_sys::cudaDataType = cublas_sys::cudaDataType::CUDA_R_32F;
+    const LT_DATA_TYPE: cudarc::cublaslt::sys::cudaDataType =
+        cudarc::cublaslt::sys::cudaDataType::CUDA_R_32F;
     fn to_f32(self) -> f32 {
         self
     }
@@ -77,6 +88,8 @@ impl GpuFloat for f16 {
     const BIAS_ACT_ENTRY: &'static str = "bias_act_f16";
     const VEC_ALIGN: u64 = 8;
     const CUDA_DATA_TYPE: cublas_sys::cudaDataType = cublas_sys::cudaDataType::CUDA_R_16F;
+    const LT_DATA_TYPE: cudarc::cublaslt::sys::cudaDataType =
+        cudarc::cublaslt::sys::cudaDataType::CUDA_R_16F;
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
@@ -87,6 +100,10 @@ impl GpuFloat for f16 {
 
 /// Threads per block of the elementwise and row kernels.
 const BLOCK: u32 = 256;
+/// Threads per block of the histogram kernel (few large blocks, see `Gpu::histogram_f32`).
+const HISTOGRAM_BLOCK: u32 = 512;
+/// Largest k the one-warp-per-row top-k kernel handles (its per-lane candidate lists hold 32).
+const TOPK_WARP_MAX_K: usize = 32;
 /// Dynamic shared memory a kernel may use without opting in to more (48 KiB on every GPU).
 const MAX_DEFAULT_SHARED: usize = 48 * 1024;
 
@@ -122,19 +139,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Inner {
+/// What every handle on one device shares: the context and the loaded kernel modules.
+struct Device {
     ordinal: usize,
     name: String,
     compute_capability: (i32, i32),
     sm_count: u32,
     ctx: Arc<CudaContext>,
-    /// The context's default stream; every operation of this handle is queued here, in order.
-    stream: Arc<CudaStream>,
-    /// Loaded kernel modules, indexed by `Module as usize`; filled on first use.
+    /// Loaded kernel modules, indexed by `Module as usize`; filled on first use. Functions of a
+    /// module may be launched on any stream of the context.
     modules: Mutex<[Option<Arc<LoadedModule>>; 5]>,
+}
+
+struct Inner {
+    device: Arc<Device>,
+    /// The stream every operation of this handle is queued on, in order: the context's default
+    /// stream for [`Gpu::new`], a stream of its own for [`Gpu::new_stream`].
+    stream: Arc<CudaStream>,
     /// cuBLAS handle bound to `stream`, created on the first GEMM (cuBLAS handles must not be
     /// used from two threads at once, hence the mutex).
     blas: Mutex<Option<CudaBlas>>,
+    /// cuBLASLt handle and workspace, created on the first cuBLASLt GEMM; same rules.
+    lt: Mutex<Option<lt::LtHandle>>,
 }
 
 /// A CUDA device: context, stream, kernel-module cache, cuBLAS handle. See the module docs.
@@ -146,10 +172,66 @@ pub struct Gpu {
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gpu")
-            .field("ordinal", &self.inner.ordinal)
-            .field("name", &self.inner.name)
-            .field("compute_capability", &self.inner.compute_capability)
+            .field("ordinal", &self.inner.device.ordinal)
+            .field("name", &self.inner.device.name)
+            .field("compute_capability", &self.inner.device.compute_capability)
             .finish()
+    }
+}
+
+/// What a [`PinnedBuffer`] is for: the host writes and the device reads, or the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinnedPurpose {
+    /// Host -> device staging (write-combined memory).
+    Upload,
+    /// Device -> host staging.
+    Download,
+}
+
+/// Page-locked host memory for fast, asynchronous transfers (see [`Gpu::alloc_pinned`]). The
+/// host views wait for any transfer still using the memory, so they never race with the device.
+#[derive(Debug)]
+pub struct PinnedBuffer<T> {
+    host: PinnedHostSlice<T>,
+    /// Elements usable (the allocation has at least one, even when this is 0).
+    len: usize,
+    /// Completion of the last upload that reads this memory, if not yet waited for.
+    pending: Option<CudaEvent>,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> PinnedBuffer<T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn wait_pending(&mut self) -> Result<(), KernelError> {
+        if let Some(event) = self.pending.take() {
+            event.synchronize().map_err(driver("cuEventSynchronize"))?;
+        }
+        Ok(())
+    }
+
+    /// The host memory, to read (after [`Gpu::download_pinned`]).
+    pub fn as_slice(&self) -> Result<&[T], KernelError> {
+        let all = self.host.as_slice().map_err(driver("cuEventSynchronize"))?;
+        Ok(&all[..self.len])
+    }
+
+    /// The host memory, to fill before [`Gpu::upload_pinned`]; waits for an upload still
+    /// reading it.
+    pub fn as_mut_slice(&mut self) -> Result<&mut [T], KernelError> {
+        self.wait_pending()?;
+        let len = self.len;
+        let all = self
+            .host
+            .as_mut_slice()
+            .map_err(driver("cuEventSynchronize"))?;
+        Ok(&mut all[..len])
     }
 }
 
@@ -229,14 +311,17 @@ impl Gpu {
             let stream = ctx.default_stream();
             Ok(Gpu {
                 inner: Arc::new(Inner {
-                    ordinal,
-                    name,
-                    compute_capability,
-                    sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
-                    ctx,
+                    device: Arc::new(Device {
+                        ordinal,
+                        name,
+                        compute_capability,
+                        sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
+                        ctx,
+                        modules: Mutex::new(Default::default()),
+                    }),
                     stream,
-                    modules: Mutex::new(Default::default()),
                     blas: Mutex::new(None),
+                    lt: Mutex::new(None),
                 }),
             })
         })
@@ -255,32 +340,151 @@ impl Gpu {
 
     /// Device ordinal.
     pub fn ordinal(&self) -> usize {
-        self.inner.ordinal
+        self.inner.device.ordinal
     }
 
     /// Device name, e.g. `NVIDIA H100 80GB HBM3`.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.device.name
     }
 
     /// Compute capability `(major, minor)`.
     pub fn compute_capability(&self) -> (i32, i32) {
-        self.inner.compute_capability
+        self.inner.device.compute_capability
     }
 
     /// Number of streaming multiprocessors.
     pub fn sm_count(&self) -> u32 {
-        self.inner.sm_count
+        self.inner.device.sm_count
     }
 
     /// The cudarc context, for callers that need more than this crate wraps.
     pub fn context(&self) -> &Arc<CudaContext> {
-        &self.inner.ctx
+        &self.inner.device.ctx
     }
 
     /// The stream every operation of this handle is queued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
+    }
+
+    /// A handle on the same device (same context, same loaded kernels) whose work goes to a new
+    /// non-blocking stream of its own, with its own cuBLAS handle: work queued on two such
+    /// handles may run concurrently. A model instance takes one each.
+    pub fn new_stream(&self) -> Result<Gpu, KernelError> {
+        let ctx = &self.inner.device.ctx;
+        let stream = guard("Gpu::new_stream", || {
+            ctx.new_stream().map_err(driver("cuStreamCreate"))
+        })?;
+        Ok(Gpu {
+            inner: Arc::new(Inner {
+                device: Arc::clone(&self.inner.device),
+                stream,
+                blas: Mutex::new(None),
+                lt: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Page-locked host memory of `len` elements, zero-filled, for [`Gpu::upload_pinned`]
+    /// (`purpose` [`PinnedPurpose::Upload`]: write-combined, fast for the host to write and the
+    /// device to read, slow for the host to read) or [`Gpu::download_pinned`]
+    /// ([`PinnedPurpose::Download`]: ordinary cached pinned memory). Copies from and to pinned
+    /// memory run at full PCIe/NVLink speed and asynchronously. Allocating is slow (it maps and
+    /// locks pages): do it once, up front.
+    pub fn alloc_pinned<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+        purpose: PinnedPurpose,
+    ) -> Result<PinnedBuffer<T>, KernelError> {
+        const OP: &str = "Gpu::alloc_pinned";
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .filter(|b| *b < isize::MAX as usize)
+            .ok_or_else(|| KernelError::invalid(OP, format!("{len} elements overflow")))?;
+        // cuMemHostAlloc rejects 0 bytes; one element backs an empty buffer.
+        let alloc_len = len.max(1);
+        let flags = match purpose {
+            PinnedPurpose::Upload => driver_sys::CU_MEMHOSTALLOC_WRITECOMBINED,
+            PinnedPurpose::Download => 0,
+        };
+        let ctx = &self.inner.device.ctx;
+        let mut host = guard(OP, || {
+            // SAFETY: the memory is uninitialised after this call; it is zero-filled below
+            // before any `&[T]` to it exists, and all-zero bytes are a valid T
+            // (`ValidAsZeroBits`).
+            unsafe { ctx.alloc_pinned_with_flags::<T>(alloc_len, flags) }
+                .map_err(driver("cuMemHostAlloc"))
+        })?;
+        let ptr = host.as_mut_ptr().map_err(driver("cuEventSynchronize"))?;
+        // SAFETY: `ptr` points to `alloc_len` elements of page-locked memory owned by `host`,
+        // which nothing else references yet; writing zero bytes over all of them initialises
+        // them (`bytes` <= alloc_len * size_of::<T>() was checked not to overflow).
+        unsafe { std::ptr::write_bytes(ptr.cast::<u8>(), 0, bytes.max(std::mem::size_of::<T>())) };
+        Ok(PinnedBuffer {
+            host,
+            len,
+            pending: None,
+        })
+    }
+
+    /// Queues the copy of the first `dst.len()` elements of `src` to `dst` and returns without
+    /// waiting; `src` stays borrowed by the transfer until it completes (its host view waits
+    /// for that, see [`PinnedBuffer::as_mut_slice`]).
+    pub fn upload_pinned<T: DeviceRepr + ValidAsZeroBits, D: DevicePtrMut<T>>(
+        &self,
+        src: &mut PinnedBuffer<T>,
+        dst: &mut D,
+    ) -> Result<(), KernelError> {
+        const OP: &str = "Gpu::upload_pinned";
+        self.check_owner(OP, dst)?;
+        let n = dst.len();
+        if n > src.len {
+            return Err(KernelError::shape(
+                OP,
+                format!("dst has {n} elements, the pinned buffer only {}", src.len),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let stream = &self.inner.stream;
+        let host = src.as_slice()?;
+        stream
+            .memcpy_htod(&host[..n], dst)
+            .map_err(driver("cuMemcpyHtoDAsync"))?;
+        let event = stream.record_event(None).map_err(driver("cuEventRecord"))?;
+        src.pending = Some(event);
+        Ok(())
+    }
+
+    /// Copies `src` into the first `src.len()` elements of `dst` and waits for it (and for all
+    /// work queued before it on this handle's stream).
+    pub fn download_pinned<T: DeviceRepr + ValidAsZeroBits, S: DevicePtr<T>>(
+        &self,
+        src: &S,
+        dst: &mut PinnedBuffer<T>,
+    ) -> Result<(), KernelError> {
+        const OP: &str = "Gpu::download_pinned";
+        self.check_owner(OP, src)?;
+        let n = src.len();
+        if n > dst.len {
+            return Err(KernelError::shape(
+                OP,
+                format!("src has {n} elements, the pinned buffer only {}", dst.len),
+            ));
+        }
+        if n == 0 {
+            return self.synchronize();
+        }
+        let stream = &self.inner.stream;
+        let host = dst.as_mut_slice()?;
+        stream
+            .memcpy_dtoh(src, &mut host[..n])
+            .map_err(driver("cuMemcpyDtoHAsync"))?;
+        // The copy writes into `dst` behind the borrow checker's back: wait before anyone can
+        // look at it.
+        self.synchronize()
     }
 
     /// Compiles (or fetches from the process cache) and loads every kernel module now, so that
@@ -389,12 +593,12 @@ impl Gpu {
         op: &'static str,
         s: &S,
     ) -> Result<(), KernelError> {
-        if **s.stream().context() != *self.inner.ctx {
+        if **s.stream().context() != *self.inner.device.ctx {
             return Err(KernelError::invalid(
                 op,
                 format!(
                     "a buffer belongs to another CUDA context than device {}",
-                    self.inner.ordinal
+                    self.inner.device.ordinal
                 ),
             ));
         }
@@ -403,12 +607,12 @@ impl Gpu {
 
     /// The loaded module `m`, compiling it on first use.
     fn module(&self, m: Module) -> Result<Arc<LoadedModule>, KernelError> {
-        let mut modules = lock(&self.inner.modules);
+        let mut modules = lock(&self.inner.device.modules);
         if let Some(loaded) = &modules[m as usize] {
             return Ok(loaded.clone());
         }
         let source = m.source();
-        let (major, minor) = self.inner.compute_capability;
+        let (major, minor) = self.inner.device.compute_capability;
         let image = compiled_image(source, major, minor)?;
         let loaded = guard("load module", || {
             let ptx = match &image.0 {
@@ -419,6 +623,7 @@ impl Gpu {
             };
             let module = self
                 .inner
+                .device
                 .ctx
                 .load_module(ptx)
                 .map_err(driver("cuModuleLoadData"))?;
@@ -454,7 +659,7 @@ impl Gpu {
         let block = BLOCK as usize;
         let min_blocks = units.div_ceil(block);
         let want = units.saturating_mul(rows).div_ceil(block);
-        let max_blocks = self.inner.sm_count as usize * 16;
+        let max_blocks = self.inner.device.sm_count as usize * 16;
         let blocks = want.min(max_blocks).max(min_blocks).max(1);
         LaunchConfig {
             // `units <= i32::MAX`, so `min_blocks` and `blocks` fit in u32.
@@ -467,7 +672,7 @@ impl Gpu {
     /// Grid for the one-block-per-row kernels.
     fn row_config(&self, rows: usize, cols: usize, shared: u32) -> LaunchConfig {
         let threads = cols.next_multiple_of(32).clamp(32, BLOCK as usize) as u32;
-        let max_blocks = self.inner.sm_count as usize * 32;
+        let max_blocks = self.inner.device.sm_count as usize * 32;
         let blocks = rows.min(max_blocks).max(1);
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -598,13 +803,28 @@ impl Gpu {
         let stream = &self.inner.stream;
         let (x_ptr, _x_sync) = x.device_ptr(stream);
         let (y_ptr, _y_sync) = y.device_ptr_mut(stream);
-        let cfg = self.row_config(rows, cols, 0);
+        let row_bytes = cols * std::mem::size_of::<f32>();
+        // The kernel's static `scratch[32]` floats share the default 48 KiB with the cache.
+        let cached = row_bytes + 32 * 4 <= MAX_DEFAULT_SHARED;
+        let vec = cached && cols % 4 == 0 && x_ptr % 16 == 0 && y_ptr % 16 == 0;
+        let units = if vec { cols / 4 } else { cols };
+        let shared = if cached { row_bytes as u32 } else { 0 };
+        let cfg = self.row_config(rows, units, shared);
+        let (cached_i, vec_i) = (i32::from(cached), i32::from(vec));
         let mut launch = stream.launch_builder(&func);
-        launch.arg(&x_ptr).arg(&y_ptr).arg(&rows_i).arg(&cols_i);
-        // SAFETY: the arguments match `softmax_rows_f32(const float*, float*, int, int)` in
-        // src/cuda/softmax.cu; `x` and `y` hold exactly rows * cols f32 (checked above), the
-        // kernel reads/writes only rows < `rows` and columns < `cols`; the block size is a
-        // multiple of 32 and at most 256 as the kernel's reductions require.
+        launch
+            .arg(&x_ptr)
+            .arg(&y_ptr)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&cached_i)
+            .arg(&vec_i);
+        // SAFETY: the arguments match `softmax_rows_f32(const float*, float*, int, int, int,
+        // int)` in src/cuda/softmax.cu; `x` and `y` hold exactly rows * cols f32 (checked
+        // above), the kernel reads/writes only rows < `rows` and columns < `cols`; the block
+        // size is a multiple of 32 and at most 256 as the kernel's reductions require. With
+        // `cached` the launch provides exactly cols * 4 bytes (<= 48 KiB) of dynamic shared
+        // memory; `vec` only when cols % 4 == 0 and both pointers are 16-byte aligned.
         unsafe { launch.launch(cfg) }.map_err(driver("launch softmax_rows_f32"))?;
         Ok(())
     }
@@ -657,16 +877,50 @@ impl Gpu {
         if rows == 0 || k == 0 {
             return Ok(k);
         }
-        let func = self.function(Module::TopK, OP)?;
         let stream = &self.inner.stream;
+        let (x_ptr, _x_sync) = x.device_ptr(stream);
+        let (v_ptr, _v_sync) = values.device_ptr_mut(stream);
+        let (i_ptr, _i_sync) = indices.device_ptr_mut(stream);
+        if k <= TOPK_WARP_MAX_K && cols <= i32::MAX as usize - 256 {
+            let entry = match k {
+                0..=8 => "topk_rows_warp8_f32",
+                9..=16 => "topk_rows_warp16_f32",
+                _ => "topk_rows_warp32_f32",
+            };
+            let func = self.function(Module::TopK, entry)?;
+            let warps_per_block = (BLOCK / 32) as usize;
+            let max_blocks = self.inner.device.sm_count as usize * 64;
+            let blocks = rows.div_ceil(warps_per_block).clamp(1, max_blocks);
+            let cfg = LaunchConfig {
+                // `blocks <= sm_count * 64` fits in u32.
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(&func);
+            launch
+                .arg(&x_ptr)
+                .arg(&v_ptr)
+                .arg(&i_ptr)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&k_i);
+            // SAFETY: the arguments match `topk_rows_warp{8,16,32}_f32(const float*, float*,
+            // unsigned int*, int, int, int)` in src/cuda/topk.cu, and the entry point's list
+            // length is >= k. `x` holds rows * cols f32 and `values` / `indices` rows * k
+            // elements with 1 <= k <= min(cols, 32) (checked above); each warp writes slots 0..k
+            // of its rows only. The block size is a multiple of 32, as the
+            // kernel's full-warp shuffles require, and cols <= i32::MAX - 256 keeps the kernel's
+            // column counter from overflowing.
+            unsafe { launch.launch(cfg) }.map_err(driver("launch topk_rows_warp_f32"))?;
+            return Ok(k);
+        }
+        let func = self.function(Module::TopK, OP)?;
         let row_bytes = cols * std::mem::size_of::<f32>();
         let use_shared = row_bytes <= MAX_DEFAULT_SHARED;
         let shared = if use_shared { row_bytes as u32 } else { 0 };
         let use_shared_i = i32::from(use_shared);
         let cfg = self.row_config(rows, cols, shared);
-        let (x_ptr, _x_sync) = x.device_ptr(stream);
-        let (v_ptr, _v_sync) = values.device_ptr_mut(stream);
-        let (i_ptr, _i_sync) = indices.device_ptr_mut(stream);
         let mut launch = stream.launch_builder(&func);
         launch
             .arg(&x_ptr)
@@ -799,13 +1053,35 @@ impl Gpu {
         }
         let func = self.function(Module::Histogram, OP)?;
         let stream = &self.inner.stream;
-        let shared_bytes = edges
+        let counts_bytes = edges
             .counts_len()
             .saturating_mul(std::mem::size_of::<u32>());
-        let use_shared = shared_bytes <= MAX_DEFAULT_SHARED;
-        let shared = if use_shared { shared_bytes as u32 } else { 0 };
-        let use_shared_i = i32::from(use_shared);
-        let cfg = self.column_walk_config(cols, rows, shared);
+        let edges_bytes = edges.edges.len().saturating_mul(std::mem::size_of::<f32>());
+        // Counts in shared memory first (they save the global atomics), then the edges too when
+        // both fit.
+        let shared_counts = counts_bytes <= MAX_DEFAULT_SHARED;
+        let shared_edges = if shared_counts {
+            counts_bytes + edges_bytes <= MAX_DEFAULT_SHARED
+        } else {
+            edges_bytes <= MAX_DEFAULT_SHARED
+        };
+        let shared =
+            usize::from(shared_counts) * counts_bytes + usize::from(shared_edges) * edges_bytes;
+        let shared_mode = i32::from(shared_counts) | (i32::from(shared_edges) << 1);
+        // Few, large blocks: with per-block counts every block ends with one global atomic per
+        // slot, so about four resident blocks per SM, each walking many rows.
+        let block = HISTOGRAM_BLOCK as usize;
+        let min_blocks = cols.div_ceil(block);
+        let want = cols.saturating_mul(rows).div_ceil(block * 4);
+        let max_blocks = self.inner.device.sm_count as usize * 4;
+        let blocks = want.min(max_blocks).max(min_blocks).max(1);
+        let cfg = LaunchConfig {
+            // `cols <= i32::MAX`, so `min_blocks` and `blocks` fit in u32.
+            grid_dim: (u32::try_from(blocks).unwrap_or(u32::MAX), 1, 1),
+            block_dim: (HISTOGRAM_BLOCK, 1, 1),
+            // At most 48 KiB.
+            shared_mem_bytes: shared as u32,
+        };
         let (x_ptr, _x_sync) = x.device_ptr(stream);
         let (e_ptr, _e_sync) = edges.edges.device_ptr(stream);
         let (c_ptr, _c_sync) = counts.device_ptr_mut(stream);
@@ -817,13 +1093,15 @@ impl Gpu {
             .arg(&rows_i)
             .arg(&cols_i)
             .arg(&n_edges_i)
-            .arg(&use_shared_i);
+            .arg(&shared_mode);
         // SAFETY: the arguments match `histogram_f32(const float*, const float*, unsigned int*,
         // long long, int, int, int)` in src/cuda/histogram.cu. `x` holds rows * cols f32,
         // `edges` cols * n_edges validated edges (sorted, finite, n_edges >= 2, by
         // `HistogramEdges::new`) and `counts` cols * (n_edges + 2) u32 (checked above); the slot
-        // function returns an index < n_edges + 2. With `use_shared` the launch provides exactly
-        // cols * (n_edges + 2) * 4 bytes (<= 48 KiB) of dynamic shared memory.
+        // function returns an index < n_edges + 2. The launch provides exactly the dynamic
+        // shared memory `shared_mode` asks for: cols * (n_edges + 2) * 4 bytes for the counts
+        // (bit 0) plus cols * n_edges * 4 for the edges (bit 1), at most 48 KiB in all; the
+        // grid has at least `cols` threads.
         unsafe { launch.launch(cfg) }.map_err(driver("launch histogram_f32"))?;
         Ok(())
     }
@@ -881,6 +1159,7 @@ impl Gpu {
         };
         // cuBLAS works in the calling thread's current context.
         self.inner
+            .device
             .ctx
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
@@ -959,9 +1238,22 @@ fn compiled_image(
     Ok((compiled.target, image))
 }
 
+/// How [`Linear::forward`] applies the bias and the activation after the GEMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// cuBLAS GEMM, then this crate's fused bias + activation kernel (one extra pass over `y`).
+    /// Every activation.
+    Kernel,
+    /// cuBLASLt GEMM with the bias and the activation in its own epilogue (no extra pass).
+    /// Identity and ReLU only (cuBLASLt's GELU is the tanh approximation); other activations
+    /// use [`Epilogue::Kernel`].
+    CublasLt,
+}
+
 /// A fully connected layer on the device: `y = act(x · wᵀ + b)`, the GEMM through cuBLAS and
-/// the bias + activation through this crate's fused epilogue kernel. Weights are
-/// `[out_features, in_features]` (PyTorch layout), bias `[out_features]`.
+/// the bias + activation through this crate's fused epilogue kernel, or both in one cuBLASLt
+/// call ([`Epilogue`]). Weights are `[out_features, in_features]` (PyTorch layout), bias
+/// `[out_features]`.
 #[derive(Debug)]
 pub struct Linear<T: GpuFloat> {
     weight: CudaSlice<T>,
@@ -969,10 +1261,14 @@ pub struct Linear<T: GpuFloat> {
     in_features: usize,
     out_features: usize,
     act: Activation,
+    epilogue: Epilogue,
+    /// cuBLASLt descriptors by batch size (used with [`Epilogue::CublasLt`]).
+    lt_plans: lt::LtPlans,
 }
 
 impl<T: GpuFloat> Linear<T> {
-    /// Uploads the weights (`[out_features, in_features]`) and bias (`[out_features]`).
+    /// Uploads the weights (`[out_features, in_features]`) and bias (`[out_features]`). The
+    /// epilogue is [`Epilogue::Kernel`]; see [`Linear::with_epilogue`].
     pub fn new(
         gpu: &Gpu,
         weight: &[T],
@@ -992,7 +1288,27 @@ impl<T: GpuFloat> Linear<T> {
             in_features,
             out_features,
             act,
+            epilogue: Epilogue::Kernel,
+            lt_plans: lt::LtPlans::default(),
         })
+    }
+
+    /// Chooses how [`Linear::forward`] applies bias + activation. [`Epilogue::CublasLt`] is kept
+    /// only where cuBLASLt computes this layer's activation exactly (identity, ReLU); otherwise
+    /// the layer stays on [`Epilogue::Kernel`]. See [`Linear::epilogue`].
+    pub fn with_epilogue(mut self, epilogue: Epilogue) -> Self {
+        self.epilogue = match epilogue {
+            Epilogue::CublasLt if lt::lt_epilogue(self.act, self.bias.is_some()).is_some() => {
+                Epilogue::CublasLt
+            }
+            _ => Epilogue::Kernel,
+        };
+        self
+    }
+
+    /// The epilogue [`Linear::forward`] uses.
+    pub fn epilogue(&self) -> Epilogue {
+        self.epilogue
     }
 
     pub fn in_features(&self) -> usize {
@@ -1007,9 +1323,45 @@ impl<T: GpuFloat> Linear<T> {
         self.act
     }
 
-    /// `y = act(x · wᵀ + b)` with the fused epilogue: one GEMM, one elementwise pass.
-    /// `x` `[batch, in_features]`, `y` `[batch, out_features]`.
+    /// `y = act(x · wᵀ + b)` with the layer's [`Epilogue`]: one GEMM and one elementwise pass,
+    /// or one cuBLASLt call. `x` `[batch, in_features]`, `y` `[batch, out_features]`.
     pub fn forward<X: DevicePtr<T>, Y: DevicePtrMut<T>>(
+        &self,
+        gpu: &Gpu,
+        x: &X,
+        y: &mut Y,
+        batch: usize,
+    ) -> Result<(), KernelError> {
+        match self.epilogue {
+            Epilogue::Kernel => self.forward_kernel(gpu, x, y, batch),
+            Epilogue::CublasLt => self.forward_lt(gpu, x, y, batch),
+        }
+    }
+
+    /// [`Linear::forward`] with [`Epilogue::CublasLt`]: the bias and the activation in
+    /// cuBLASLt's epilogue. An [`KernelError::InvalidArgument`] for activations other than
+    /// identity and ReLU.
+    pub fn forward_lt<X: DevicePtr<T>, Y: DevicePtrMut<T>>(
+        &self,
+        gpu: &Gpu,
+        x: &X,
+        y: &mut Y,
+        batch: usize,
+    ) -> Result<(), KernelError> {
+        gpu.lt_linear(
+            &self.lt_plans,
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            y,
+            (batch, self.in_features, self.out_features),
+            self.act,
+        )
+    }
+
+    /// [`Linear::forward`] with [`Epilogue::Kernel`]: cuBLAS GEMM, then the fused bias +
+    /// activation kernel.
+    pub fn forward_kernel<X: DevicePtr<T>, Y: DevicePtrMut<T>>(
         &self,
         gpu: &Gpu,
         x: &X,
