@@ -177,7 +177,6 @@ impl Serialize for OutputRequestView<'_> {
     }
 }
 
-
 /// Decodes a JSON `data` array into the tensor byte layout, for every datatype.
 ///
 /// `nereid_protocol::rest::decode_json_data` refuses FP16/BF16 (the server rejects them in JSON

@@ -553,9 +553,8 @@ impl Serialize for DataView<'_> {
             DataType::Fp64 => each(&mut seq, data, |v: f64| v)?,
             DataType::Bytes => {
                 for element in bytes_elements(data) {
-                    let element = element.map_err(|()| {
-                        serde::ser::Error::custom("malformed BYTES buffer")
-                    })?;
+                    let element = element
+                        .map_err(|()| serde::ser::Error::custom("malformed BYTES buffer"))?;
                     seq.serialize_element(&String::from_utf8_lossy(element))?;
                 }
             }
