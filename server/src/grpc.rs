@@ -14,7 +14,7 @@ use nereid_protocol::{config, Error};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::infer::{Infer, EXTENSIONS};
+use crate::infer::Infer;
 use crate::registry::LoadOverride;
 use crate::restrict::{Api, Restrictions};
 
@@ -87,11 +87,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<ServerMetadataResponse>, Status> {
         self.restrictions
             .check_grpc(Api::Metadata, request.metadata())?;
-        Ok(Response::new(ServerMetadataResponse {
-            name: "nereid".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
-        }))
+        Ok(Response::new(self.infer.server_metadata()))
     }
 
     async fn model_metadata(
@@ -182,29 +178,7 @@ impl GrpcInferenceService for GrpcService {
         self.restrictions
             .check_grpc(Api::Statistics, request.metadata())?;
         let r = request.into_inner();
-        let registry = self.infer.registry();
-        let models = if r.name.is_empty() {
-            registry.all_ready()
-        } else if r.version.is_empty() {
-            let all: Vec<_> = registry
-                .all_ready()
-                .into_iter()
-                .filter(|m| m.name == r.name)
-                .collect();
-            if all.is_empty() {
-                vec![self.infer.model(&r.name, "")?]
-            } else {
-                all
-            }
-        } else {
-            vec![self.infer.model(&r.name, &r.version)?]
-        };
-        Ok(Response::new(ModelStatisticsResponse {
-            model_stats: models
-                .iter()
-                .map(|m| m.stats.to_message(&m.name, m.version))
-                .collect(),
-        }))
+        Ok(Response::new(self.infer.statistics(&r.name, &r.version)?))
     }
 
     async fn repository_index(

@@ -14,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use flate2::read::{GzDecoder, ZlibDecoder};
 use flate2::write::{GzEncoder, ZlibEncoder};
-use nereid_protocol::inference::{ModelStatisticsResponse, ServerMetadataResponse};
+use nereid_protocol::inference::ModelStatisticsResponse;
 use nereid_protocol::{config, element_count, rest, Error, InferRequest, Tensor};
 use percent_encoding::percent_decode_str;
 
-use crate::infer::{Infer, EXTENSIONS};
+use crate::infer::Infer;
 use crate::model::ModelVersion;
 use crate::registry::LoadOverride;
 use crate::restrict::{Api, Restrictions};
@@ -202,11 +202,7 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             StatusCode::BAD_REQUEST
         }),
         Route::ServerMetadata => {
-            let metadata = ServerMetadataResponse {
-                name: "nereid".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
-            };
+            let metadata = infer.server_metadata();
             json_response(
                 StatusCode::OK,
                 config::message_to_json(&metadata, "inference.ServerMetadataResponse"),
@@ -234,26 +230,8 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             let model = infer.model(&m, &v)?;
             json_response(StatusCode::OK, config::to_json(&model.config))
         }
-        Route::AllStats => stats_response(infer.registry().all_ready()),
-        Route::ModelStats(m, v) => {
-            let models = if v.is_empty() {
-                let all: Vec<_> = infer
-                    .registry()
-                    .all_ready()
-                    .into_iter()
-                    .filter(|x| x.name == m)
-                    .collect();
-                if all.is_empty() {
-                    // Resolve again for the precise error (unknown vs. not ready).
-                    vec![infer.model(&m, &v)?]
-                } else {
-                    all
-                }
-            } else {
-                vec![infer.model(&m, &v)?]
-            };
-            stats_response(models)
-        }
+        Route::AllStats => stats_response(&infer.statistics("", "")?),
+        Route::ModelStats(m, v) => stats_response(&infer.statistics(&m, &v)?),
         Route::RepositoryIndex => {
             let body = read_body(request, state.max_input_size).await?;
             repository_index(infer, &body)?
@@ -335,16 +313,10 @@ fn load_overrides(model: &str, body: &[u8]) -> Result<Option<LoadOverride>, Erro
     Ok(Some(overrides))
 }
 
-fn stats_response(models: Vec<std::sync::Arc<ModelVersion>>) -> Response {
-    let message = ModelStatisticsResponse {
-        model_stats: models
-            .iter()
-            .map(|m| m.stats.to_message(&m.name, m.version))
-            .collect(),
-    };
+fn stats_response(message: &ModelStatisticsResponse) -> Response {
     json_response(
         StatusCode::OK,
-        config::message_to_json(&message, "inference.ModelStatisticsResponse"),
+        config::message_to_json(message, "inference.ModelStatisticsResponse"),
     )
 }
 

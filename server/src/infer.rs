@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nereid_protocol::inference::{ModelStatisticsResponse, ServerMetadataResponse};
 use nereid_protocol::{Code, Error, InferRequest, InferResponse, RequestedOutput, Tensor};
 
 use crate::ensemble::EnsemblePlan;
@@ -124,6 +125,44 @@ impl Infer {
         } else {
             Err(Error::unavailable(MODEL_CONTROL_DISABLED))
         }
+    }
+
+    /// Server metadata: name, version and the extensions this server implements.
+    pub fn server_metadata(&self) -> ServerMetadataResponse {
+        ServerMetadataResponse {
+            name: "nereid".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// The statistics extension: every ready version (empty name), every ready version of a
+    /// model (empty version), or one version; unknown or unready models give the lookup error.
+    pub fn statistics(&self, name: &str, version: &str) -> Result<ModelStatisticsResponse, Error> {
+        let models = if name.is_empty() {
+            self.registry.all_ready()
+        } else if version.is_empty() {
+            let all: Vec<_> = self
+                .registry
+                .all_ready()
+                .into_iter()
+                .filter(|m| m.name == name)
+                .collect();
+            if all.is_empty() {
+                // Resolve again for the precise error (unknown vs. not ready).
+                vec![self.model(name, version)?]
+            } else {
+                all
+            }
+        } else {
+            vec![self.model(name, version)?]
+        };
+        Ok(ModelStatisticsResponse {
+            model_stats: models
+                .iter()
+                .map(|m| m.stats.to_message(&m.name, m.version))
+                .collect(),
+        })
     }
 
     pub fn model(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>, Error> {
