@@ -66,7 +66,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want_hash" ]; then
     rm -f "$STAMP"
     echo "Installing Python test requirements into $VENV ..."
     pip_log="$(mktemp)"
-    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir \
         -r "$REQUIREMENTS" >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         reason="$(grep -E 'ERROR|Error|error' "$pip_log" | tail -n 2 | tr '\n' ' ')"
