@@ -1,7 +1,7 @@
 //! Mirroring training runs to a real MLflow tracking server.
 //!
 //! The server comes from `pipeline/ci/mlflow-venv.sh`, which installs the pinned `mlflow` package
-//! into `pipeline/.venv-mlflow` (about 1.5 minutes the first time), and is started here with a
+//! into `pipeline/.venv-mlflow` (about a minute the first time), and is started here with a
 //! SQLite backend on a free loopback port, in its own process group so that its workers are
 //! stopped with it. The only skip, printed as `SKIPPED: MLflow mirroring: <reason>`, is a machine
 //! without Python/pip to install it with; any other installation failure fails the test.
