@@ -101,21 +101,22 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let m = &model.metrics;
     let test = m.test.ok_or("empty test split")?;
     let validation = m.validation.ok_or("empty validation split")?;
+    let accuracy = |s: &nereid_pipeline::SplitMetrics| s.accuracy().unwrap_or(f32::NAN);
     println!(
         "epochs run: {} (best epoch {})",
         model.epochs_run, model.best_epoch
     );
     println!(
         "train      accuracy {:.4} ({} rows, loss {:.4})",
-        m.train.accuracy, m.train.rows, m.train.loss
+        accuracy(&m.train), m.train.rows, m.train.loss
     );
     println!(
         "validation accuracy {:.4} ({} rows, loss {:.4})",
-        validation.accuracy, validation.rows, validation.loss
+        accuracy(&validation), validation.rows, validation.loss
     );
     println!(
         "test       accuracy {:.4} ({} rows, loss {:.4})",
-        test.accuracy, test.rows, test.loss
+        accuracy(&test), test.rows, test.loss
     );
 
     let command = format!(
@@ -130,7 +131,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let config = format!(
         "# Produced by `{command}` (test accuracy {:.4} on {} rows).\n{CONFIG_BODY}",
-        test.accuracy, test.rows
+        accuracy(&test), test.rows
     );
     let labels: Vec<String> = LABELS.iter().map(|s| s.to_string()).collect();
     let dir = write_model_version(

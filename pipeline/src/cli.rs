@@ -16,6 +16,7 @@ use crate::runner::{get_run, list_runs, run_pipeline_file, PipelineRun, RunOptio
 use crate::store::{DatasetVersion, FeatureStore, IngestOptions, SchemaSpec, SourceFormat};
 use crate::tracking::Tracker;
 use crate::training::{train_from_dataset, TrackingOptions, TrainSpec};
+use crate::train::Task;
 
 /// Where the feature store is, and the output format.
 #[derive(Debug, Clone, Args)]
@@ -154,19 +155,24 @@ pub struct JoinArgs {
     pub common: StoreArgs,
 }
 
-/// `nereid train`: train a classifier from a dataset version and record the run.
+/// `nereid train`: train a classifier or regressor from a dataset version and record the run.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Dataset version to train on (any reference).
     #[arg(long)]
     pub dataset: String,
+    /// What to predict: class probabilities or a numeric target.
+    #[arg(long, value_enum, default_value_t = Task::Classification)]
+    pub task: Task,
     /// Feature columns, in model input order.
     #[arg(long, value_delimiter = ',', required = true)]
     pub features: Vec<String>,
-    /// Label column (strings, integers or booleans).
+    /// Label column: class labels (strings, integers or booleans), or the numeric target of a
+    /// regression.
     #[arg(long)]
     pub label: String,
-    /// Hidden layer widths (e.g. `16` or `32,16`); none trains softmax regression.
+    /// Hidden layer widths (e.g. `16` or `32,16`); none trains a single layer (softmax or
+    /// linear regression).
     #[arg(long, value_delimiter = ',')]
     pub hidden: Vec<usize>,
     /// Hidden activation: relu, gelu, tanh, sigmoid.
@@ -696,6 +702,7 @@ fn join(a: JoinArgs) -> anyhow::Result<()> {
 pub fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     let store = open_store(&a.common)?;
     let spec = TrainSpec {
+        task: a.task,
         features: a.features.clone(),
         label: a.label.clone(),
         hidden: a.hidden.clone(),
@@ -730,7 +737,10 @@ pub fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         r.dataset_version.as_deref().unwrap_or("-")
     );
     println!("  code         {}", r.code.describe());
-    println!("  classes      {}", outcome.info.classes.join(", "));
+    println!("  task         {}", outcome.info.task);
+    if !outcome.info.classes.is_empty() {
+        println!("  classes      {}", outcome.info.classes.join(", "));
+    }
     for (k, v) in &r.metrics {
         if v.fract() == 0.0 && v.abs() < 1e15 {
             println!("  {k:<20} {}", *v as i64);

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ArchitectureSpec, DenseModel};
@@ -28,6 +28,7 @@ use crate::publish::{
 };
 use crate::store::FeatureStore;
 use crate::tracking::CodeRevision;
+use crate::train::{score, Quality, SplitMetrics, Task};
 use crate::training::{training_data, ModelInfo, TrainingError, WEIGHTS_FILE};
 use crate::util::{now_rfc3339, sha256_file, to_json_pretty, write_atomic};
 
@@ -75,12 +76,64 @@ pub enum GateError {
 
 type Result<T, E = GateError> = std::result::Result<T, E>;
 
-/// Loss and accuracy on the evaluation rows.
+/// A model's metrics on the evaluation rows: loss and accuracy for a classifier, loss (MSE),
+/// RMSE, MAE and R² for a regressor.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
     pub rows: usize,
     pub loss: f64,
-    pub accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r2: Option<f64>,
+}
+
+impl From<SplitMetrics> for EvalMetrics {
+    fn from(m: SplitMetrics) -> Self {
+        let mut out = EvalMetrics {
+            rows: m.rows,
+            loss: f64::from(m.loss),
+            accuracy: None,
+            rmse: None,
+            mae: None,
+            r2: None,
+        };
+        match m.quality {
+            Quality::Classification { accuracy } => out.accuracy = Some(f64::from(accuracy)),
+            Quality::Regression { rmse, mae, r2 } => {
+                out.rmse = Some(f64::from(rmse));
+                out.mae = Some(f64::from(mae));
+                out.r2 = Some(f64::from(r2));
+            }
+        }
+        out
+    }
+}
+
+/// The metrics a gate can decide on: name, value, and whether higher is better.
+const GATE_METRICS: &[(&str, fn(&EvalMetrics) -> Option<f64>, bool)] = &[
+    ("accuracy", |m| m.accuracy, true),
+    ("loss", |m| Some(m.loss), false),
+    ("rmse", |m| m.rmse, false),
+    ("mae", |m| m.mae, false),
+    ("r2", |m| m.r2, true),
+];
+
+impl EvalMetrics {
+    /// `"accuracy 0.9667 loss 0.0812"` or `"rmse 1.2 mae 0.9 r2 0.95"`.
+    pub fn summary(&self) -> String {
+        match (self.accuracy, self.rmse, self.mae, self.r2) {
+            (Some(a), ..) => format!("accuracy {a:.4} loss {:.4}", self.loss),
+            (None, Some(rmse), Some(mae), Some(r2)) => {
+                format!("rmse {rmse:.4} mae {mae:.4} r2 {r2:.4}")
+            }
+            _ => format!("loss {:.4}", self.loss),
+        }
+    }
 }
 
 /// The published version the candidate was compared with.
@@ -97,6 +150,8 @@ pub struct Baseline {
 /// Candidate and baseline on the same rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
+    #[serde(default)]
+    pub task: Task,
     pub model: String,
     pub candidate_run: String,
     pub candidate_weights_sha256: String,
@@ -112,9 +167,11 @@ pub struct Evaluation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
-    /// `accuracy` (higher is better) or `loss` (lower is better).
-    #[serde(default = "default_metric")]
-    pub metric: String,
+    /// `accuracy` (higher is better) or `loss` (lower is better) for classifiers; `rmse`, `mae`,
+    /// `loss` (lower is better) or `r2` (higher is better) for regressors. Default: `accuracy`
+    /// for classifiers, `rmse` for regressors.
+    #[serde(default)]
+    pub metric: Option<String>,
     /// The candidate must beat the baseline by more than this (in the metric's units).
     #[serde(default)]
     pub min_improvement: f64,
@@ -123,14 +180,10 @@ pub struct GateConfig {
     pub replace_incomparable: bool,
 }
 
-fn default_metric() -> String {
-    "accuracy".into()
-}
-
 impl Default for GateConfig {
     fn default() -> Self {
         GateConfig {
-            metric: default_metric(),
+            metric: None,
             min_improvement: 0.0,
             replace_incomparable: false,
         }
@@ -180,21 +233,6 @@ pub fn published_version_with(repo: &Path, model: &str, sha256: &str) -> Result<
     Ok(None)
 }
 
-fn metrics_of(model: &DenseModel, x: &Tensor, y: &Tensor, rows: usize) -> Result<EvalMetrics> {
-    let logits = model.logits(x)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, y)?.to_scalar::<f32>()?;
-    let correct = logits
-        .argmax(D::Minus1)?
-        .eq(y)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok(EvalMetrics {
-        rows,
-        loss: f64::from(loss),
-        accuracy: f64::from(correct) / rows as f64,
-    })
-}
 
 /// The spec a published version runs under: its `lineage.json` if we wrote it, else the model's
 /// `config.pbtxt` parameters.
@@ -221,6 +259,16 @@ fn published_spec(
         .map_err(|e| e.to_string())
 }
 
+/// The task a published version was trained for, when its `lineage.json` says.
+fn published_task(repo: &Path, model: &str, version: u64) -> Option<Task> {
+    let path = repo
+        .join(model)
+        .join(version.to_string())
+        .join(LINEAGE_FILE);
+    let text = std::fs::read(path).ok()?;
+    serde_json::from_slice::<Lineage>(&text).ok().map(|l| l.task)
+}
+
 /// Evaluates the candidate in `candidate_dir` and the current version of `model` in `repo` on
 /// the candidate's test rows.
 pub fn evaluate(
@@ -244,9 +292,10 @@ pub fn evaluate(
         version.short_id(),
         &info.features,
         &info.label,
+        info.task,
         true,
     )?;
-    if data.rows != info.dataset_rows || data.classes != info.classes {
+    if data.rows != info.dataset_rows || data.target.classes() != info.classes.as_slice() {
         return Err(GateError::Invalid(format!(
             "dataset {} no longer yields the rows/classes run {} was trained on",
             version.short_id(),
@@ -254,23 +303,23 @@ pub fn evaluate(
         )));
     }
     let n = data.n_features;
+    let outside = |r: usize| GateError::Invalid(format!("test row {r} is outside the dataset"));
     let mut x = Vec::with_capacity(info.test_rows.len() * n);
-    let mut y = Vec::with_capacity(info.test_rows.len());
     for &r in &info.test_rows {
-        let row = data
-            .features
-            .get(r * n..(r + 1) * n)
-            .ok_or_else(|| GateError::Invalid(format!("test row {r} is outside the dataset")))?;
+        let row = data.features.get(r * n..(r + 1) * n).ok_or_else(|| outside(r))?;
         x.extend_from_slice(row);
-        y.push(data.labels[r]);
     }
-    let rows = y.len();
+    let rows = info.test_rows.len();
     let x = Tensor::from_vec(x, (rows, n), &Device::Cpu)?;
-    let y = Tensor::from_vec(y, rows, &Device::Cpu)?;
+    let y = data
+        .target
+        .tensor_of(&info.test_rows)
+        .ok_or_else(|| outside(rows))??;
+    let task = info.task;
 
     let spec = info.spec()?;
     let candidate_model = DenseModel::load(&candidate_dir.join(WEIGHTS_FILE), spec, &Device::Cpu)?;
-    let candidate = metrics_of(&candidate_model, &x, &y, rows)?;
+    let candidate = EvalMetrics::from(score(&candidate_model, &x, &y, task)?);
 
     let baseline = match current_baseline(repo, model, &info.weights_sha256)? {
         None => None,
@@ -281,25 +330,34 @@ pub fn evaluate(
                 let spec = published_spec(repo, model, version)?;
                 let m = DenseModel::load(&dir.join(MODEL_FILE), spec, &Device::Cpu)
                     .map_err(|e| e.to_string())?;
-                if m.input_features() != n || m.output_features() != info.classes.len() {
+                if m.input_features() != n || m.output_features() != info.outputs() {
                     return Err(format!(
                         "it maps {} inputs to {} outputs, the candidate {} to {}",
                         m.input_features(),
                         m.output_features(),
                         n,
-                        info.classes.len()
+                        info.outputs()
                     ));
                 }
-                if let Ok(text) = std::fs::read_to_string(&labels_path) {
-                    let labels: Vec<&str> = text.lines().collect();
-                    if labels != info.classes {
-                        return Err(format!(
-                            "its classes are {labels:?}, the candidate's {:?}",
-                            info.classes
-                        ));
+                if let Some(theirs) = published_task(repo, model, version) {
+                    if theirs != task {
+                        return Err(format!("it is a {theirs} model, the candidate a {task} model"));
                     }
                 }
-                metrics_of(&m, &x, &y, rows).map_err(|e| e.to_string())
+                if task == Task::Classification {
+                    if let Ok(text) = std::fs::read_to_string(&labels_path) {
+                        let labels: Vec<&str> = text.lines().collect();
+                        if labels != info.classes {
+                            return Err(format!(
+                                "its classes are {labels:?}, the candidate's {:?}",
+                                info.classes
+                            ));
+                        }
+                    }
+                }
+                score(&m, &x, &y, task)
+                    .map(EvalMetrics::from)
+                    .map_err(|e| e.to_string())
             };
             let (metrics, incomparable) = match attempt() {
                 Ok(m) => (Some(m), None),
@@ -314,6 +372,7 @@ pub fn evaluate(
         }
     };
     Ok(Evaluation {
+        task,
         model: model.to_string(),
         candidate_run: info.run_id.clone(),
         candidate_weights_sha256: info.weights_sha256.clone(),
@@ -326,15 +385,31 @@ pub fn evaluate(
 
 /// Applies the gate to an evaluation.
 pub fn gate(evaluation: &Evaluation, config: &GateConfig) -> Result<GateResult> {
-    let (pick, higher_is_better): (fn(&EvalMetrics) -> f64, bool) = match config.metric.as_str() {
-        "accuracy" => (|m| m.accuracy, true),
-        "loss" => (|m| m.loss, false),
-        other => {
-            return Err(GateError::Invalid(format!(
-                "gate metric `{other}`: use accuracy or loss"
-            )))
-        }
+    let metric = config
+        .metric
+        .clone()
+        .unwrap_or_else(|| match evaluation.task {
+            Task::Classification => "accuracy".to_string(),
+            Task::Regression => "rmse".to_string(),
+        });
+    // The metrics this task's evaluation has.
+    let usable: Vec<&str> = GATE_METRICS
+        .iter()
+        .filter(|(_, pick, _)| pick(&evaluation.candidate).is_some())
+        .map(|(name, _, _)| *name)
+        .collect();
+    let Some(&(_, pick, higher_is_better)) = GATE_METRICS
+        .iter()
+        .find(|(name, pick, _)| *name == metric && pick(&evaluation.candidate).is_some())
+    else {
+        return Err(GateError::Invalid(format!(
+            "gate metric `{metric}` does not apply to a {} model: use {}",
+            evaluation.task,
+            usable.join(", ")
+        )));
     };
+    // A baseline without the metric (e.g. another task's) cannot be compared on it.
+    let pick = |m: &EvalMetrics| pick(m).unwrap_or(f64::NAN);
     if !(config.min_improvement.is_finite() && config.min_improvement >= 0.0) {
         return Err(GateError::Invalid(format!(
             "min_improvement must be finite and >= 0, got {}",
@@ -345,7 +420,7 @@ pub fn gate(evaluation: &Evaluation, config: &GateConfig) -> Result<GateResult> 
     let mut result = GateResult {
         passed: false,
         reason: String::new(),
-        metric: config.metric.clone(),
+        metric: metric.clone(),
         candidate,
         baseline: None,
         baseline_version: None,
@@ -358,11 +433,11 @@ pub fn gate(evaluation: &Evaluation, config: &GateConfig) -> Result<GateResult> 
             result.reason = match evaluation.candidate_published_as {
                 Some(v) => format!(
                     "the candidate is version {v} of `{}` already (identical weights); {} = {candidate:.4}",
-                    evaluation.model, config.metric
+                    evaluation.model, metric
                 ),
                 None => format!(
                     "no published version of `{}` to compare with; {} = {candidate:.4}",
-                    evaluation.model, config.metric
+                    evaluation.model, metric
                 ),
             };
         }
@@ -381,7 +456,7 @@ pub fn gate(evaluation: &Evaluation, config: &GateConfig) -> Result<GateResult> 
                     result.passed = improvement > config.min_improvement;
                     result.reason = format!(
                         "{} {candidate:.4} vs {base:.4} of version {} on the same {} rows: {} by {improvement:+.4} (must be > {})",
-                        config.metric,
+                        metric,
                         b.version,
                         evaluation.candidate.rows,
                         if result.passed { "better" } else { "not better" },
@@ -413,11 +488,12 @@ pub fn gate(evaluation: &Evaluation, config: &GateConfig) -> Result<GateResult> 
 pub struct PublishConfig {
     /// Model name in the repository.
     pub model: String,
-    /// Input and output tensor names of the generated `config.pbtxt`.
+    /// Input and output tensor names of the generated `config.pbtxt`; the output defaults to
+    /// `PROBABILITIES` for classifiers and `PREDICTION` for regressors.
     #[serde(default = "default_input")]
     pub input_name: String,
-    #[serde(default = "default_output")]
-    pub output_name: String,
+    #[serde(default)]
+    pub output_name: Option<String>,
     #[serde(default = "default_max_batch")]
     pub max_batch_size: u32,
     /// Server to ask to load the new version (`POST {url}/v2/repository/models/{m}/load`).
@@ -428,9 +504,6 @@ pub struct PublishConfig {
 fn default_input() -> String {
     "INPUT".into()
 }
-fn default_output() -> String {
-    "PROBABILITIES".into()
-}
 fn default_max_batch() -> u32 {
     64
 }
@@ -440,7 +513,7 @@ impl PublishConfig {
         PublishConfig {
             model: model.into(),
             input_name: default_input(),
-            output_name: default_output(),
+            output_name: None,
             max_batch_size: default_max_batch(),
             server_url: None,
         }
@@ -451,6 +524,8 @@ impl PublishConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lineage {
     pub format: u32,
+    #[serde(default)]
+    pub task: Task,
     /// The version is the folder's name (known only at the atomic rename).
     pub model: String,
     pub published_at: String,
@@ -474,11 +549,14 @@ pub struct Lineage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reference {
     pub format: u32,
+    #[serde(default)]
+    pub task: Task,
     pub dataset_version: String,
     /// Model input `input_name[i]` is feature `features[i]`.
     pub input_name: String,
     pub features: Vec<String>,
     pub label: String,
+    /// Class names in output order (empty for regression).
     pub classes: Vec<String>,
     /// Profile of the rows the model was trained, validated and tested on.
     pub profile: Profile,
@@ -498,7 +576,19 @@ pub struct Published {
     pub server_loaded: bool,
 }
 
-/// The `config.pbtxt` of a published classifier.
+impl PublishConfig {
+    /// The output tensor's name for a model of `task`.
+    pub fn output_name(&self, task: Task) -> &str {
+        match (&self.output_name, task) {
+            (Some(name), _) => name,
+            (None, Task::Classification) => "PROBABILITIES",
+            (None, Task::Regression) => "PREDICTION",
+        }
+    }
+}
+
+/// The `config.pbtxt` of a published model: FP32 `[features]` in, FP32 `[outputs]` out (with the
+/// class labels file for classifiers, which the classification extension reads).
 pub fn config_pbtxt(info: &ModelInfo, config: &PublishConfig, comment: &str) -> String {
     let mut text = String::new();
     for line in comment.lines() {
@@ -513,10 +603,14 @@ pub fn config_pbtxt(info: &ModelInfo, config: &PublishConfig, comment: &str) -> 
         config.input_name,
         info.features.len()
     ));
+    let labels = match info.task {
+        Task::Classification => format!(" label_filename: \"{LABELS_FILE}\""),
+        Task::Regression => String::new(),
+    };
     text.push_str(&format!(
-        "output [ {{ name: \"{}\" data_type: TYPE_FP32 dims: [ {} ] label_filename: \"{LABELS_FILE}\" }} ]\n",
-        config.output_name,
-        info.classes.len()
+        "output [ {{ name: \"{}\" data_type: TYPE_FP32 dims: [ {} ]{labels} }} ]\n",
+        config.output_name(info.task),
+        info.outputs()
     ));
     // ArchitectureSpec::to_parameters order, so the file reads like the hand-written ones.
     if let Ok(spec) = info.spec() {
@@ -560,6 +654,7 @@ pub fn publish(
                         .map_err(io(&weights))?;
                     let reference = Reference {
                         format: 1,
+                        task: info.task,
                         dataset_version: info.dataset_version.clone(),
                         input_name: config.input_name.clone(),
                         features: info.features.clone(),
@@ -571,6 +666,7 @@ pub fn publish(
                     write_atomic(&path, &to_json_pretty(&reference)).map_err(io(&path))?;
                     let lineage = Lineage {
                         format: 1,
+                        task: info.task,
                         model: config.model.clone(),
                         published_at: now_rfc3339(),
                         dataset_version: info.dataset_version.clone(),

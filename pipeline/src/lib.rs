@@ -10,7 +10,7 @@
 //!     join::build_training_set (point-in-time) ──> dataset version (parents: its inputs)
 //!                                                    │
 //!                     training::train_from_dataset   ▼   (run record: tracking, mlflow mirror)
-//!     features + labels ──train::train_classifier──> TrainedModel ──> run artifacts
+//!     features + targets ──train::train──> TrainedModel ──> run artifacts
 //!                                                    │
 //!               gate::evaluate / gate::gate          ▼   (candidate vs published, same rows)
 //!                     gate::publish ─ publish::publish_next_version (atomic rename)
@@ -59,4 +59,7 @@ pub use publish::{
     model_versions, publish_directory, publish_next_version, write_model_version, PublishError,
 };
 pub use store::{DatasetVersion, FeatureStore, IngestOptions, StoreError};
-pub use train::{train_classifier, Metrics, SplitMetrics, TrainConfig, TrainError, TrainedModel};
+pub use train::{
+    train, train_classifier, train_regressor, Metrics, Quality, SplitMetrics, Targets, Task,
+    TrainConfig, TrainError, TrainedModel,
+};

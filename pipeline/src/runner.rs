@@ -253,8 +253,8 @@ struct JoinParams {
 struct PublishParams {
     #[serde(default = "default_input")]
     input_name: String,
-    #[serde(default = "default_output")]
-    output_name: String,
+    #[serde(default)]
+    output_name: Option<String>,
     #[serde(default = "default_max_batch")]
     max_batch_size: u32,
     #[serde(default)]
@@ -263,9 +263,6 @@ struct PublishParams {
 
 fn default_input() -> String {
     "INPUT".into()
-}
-fn default_output() -> String {
-    "PROBABILITIES".into()
 }
 fn default_max_batch() -> u32 {
     64
@@ -336,25 +333,25 @@ impl StepOutput {
             }
             StepOutput::Model {
                 run_id, metrics, ..
-            } => format!(
-                "run {run_id}: test accuracy {}",
-                metrics
-                    .get("test_accuracy")
-                    .map_or("-".to_string(), |a| format!("{a:.4}"))
-            ),
+            } => {
+                let test = ["accuracy", "rmse", "r2"]
+                    .iter()
+                    .filter_map(|k| Some(format!("{k} {:.4}", metrics.get(&format!("test_{k}"))?)))
+                    .collect::<Vec<_>>();
+                format!(
+                    "run {run_id}: test {}",
+                    if test.is_empty() { "-".to_string() } else { test.join(" ") }
+                )
+            }
             StepOutput::Evaluation(e) => format!(
-                "candidate accuracy {:.4} loss {:.4} on {} rows; {}",
-                e.candidate.accuracy,
-                e.candidate.loss,
+                "candidate {} on {} rows; {}",
+                e.candidate.summary(),
                 e.candidate.rows,
                 match (&e.baseline, e.candidate_published_as) {
                     (None, Some(v)) => format!("identical to published version {v}"),
                     (None, None) => "no published version".to_string(),
                     (Some(b), _) => match &b.metrics {
-                        Some(m) => format!(
-                            "published version {}: accuracy {:.4} loss {:.4}",
-                            b.version, m.accuracy, m.loss
-                        ),
+                        Some(m) => format!("published version {}: {}", b.version, m.summary()),
                         None => format!(
                             "published version {} not comparable: {}",
                             b.version,

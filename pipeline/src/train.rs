@@ -1,14 +1,18 @@
-//! Reproducible training of dense classifiers (softmax regression and MLPs) with candle-nn.
+//! Reproducible training of dense models with candle-nn: classifiers (softmax regression and
+//! MLPs with a softmax output) and regressors (linear regression and MLPs with raw outputs).
 //!
-//! [`train_classifier`] takes a row-major feature matrix and class labels and returns a
-//! [`TrainedModel`] whose tensors follow the [`crate::model`] naming contract, so what is trained
-//! here is exactly what the server loads.
+//! [`train_classifier`] takes a row-major feature matrix and class labels, [`train_regressor`] a
+//! feature matrix and numeric targets; both return a [`TrainedModel`] whose tensors follow the
+//! [`crate::model`] naming contract, so what is trained here is exactly what the server loads.
 //!
-//! Steps: stratified train/validation/test split by seeded shuffle -> standardisation statistics from
-//! the training split only (shipped as `normalize.mean`/`normalize.std`) -> weights initialised from
-//! a seeded PRNG -> AdamW on cross-entropy, full batch or seeded mini-batches -> early stopping on
-//! validation loss with patience, keeping the best epoch's weights -> metrics on every split,
-//! computed through [`DenseModel`] on the raw features (the same path serving takes).
+//! Steps: train/validation/test split by seeded shuffle (stratified by class for classifiers) ->
+//! standardisation statistics from the training split only (inputs: shipped as
+//! `normalize.mean`/`normalize.std`; regression targets: folded into the last layer after
+//! training, so the served model predicts in the target's own units) -> weights initialised from
+//! a seeded PRNG -> AdamW on cross-entropy (classification) or mean squared error (regression),
+//! full batch or seeded mini-batches -> early stopping on validation loss with patience, keeping
+//! the best epoch's weights -> metrics on every split, computed through [`DenseModel`] on the raw
+//! features (the same path serving takes): loss and accuracy, or MSE, RMSE, MAE and R².
 //!
 //! Reproducibility: every random choice comes from [`SplitMix64`] streams derived from the seed,
 //! and candle's CPU kernels used here are deterministic for a given build and CPU (matrix
@@ -24,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use serde::{Deserialize, Serialize};
 
 use crate::model::{
     layer_bias_name, layer_weight_name, Activation, Architecture, ArchitectureSpec, DenseModel,
@@ -80,11 +85,75 @@ const STREAM_SPLIT: u64 = 1;
 const STREAM_INIT: u64 = 2;
 const STREAM_BATCHES: u64 = 3;
 
+/// What a model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One probability per class (softmax output), trained on cross-entropy.
+    #[default]
+    Classification,
+    /// Real-valued outputs, trained on mean squared error.
+    Regression,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Classification => "classification",
+            Task::Regression => "regression",
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the model learns to predict, row-aligned with the feature matrix.
+#[derive(Debug, Clone, Copy)]
+pub enum Targets<'a> {
+    /// Class indices in `0..n_classes`.
+    Classes { labels: &'a [u32], n_classes: usize },
+    /// `n_outputs` real values per row, row-major.
+    Values { values: &'a [f32], n_outputs: usize },
+}
+
+impl Targets<'_> {
+    pub fn task(&self) -> Task {
+        match self {
+            Targets::Classes { .. } => Task::Classification,
+            Targets::Values { .. } => Task::Regression,
+        }
+    }
+
+    /// Model outputs per row.
+    pub fn outputs(&self) -> usize {
+        match *self {
+            Targets::Classes { n_classes, .. } => n_classes,
+            Targets::Values { n_outputs, .. } => n_outputs,
+        }
+    }
+
+    /// The targets as a tensor: `u32 [rows]` for classes, `f32 [rows, n_outputs]` for values
+    /// (the shapes [`score`] takes).
+    pub fn tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match *self {
+            Targets::Classes { labels, .. } => Tensor::from_slice(labels, labels.len(), device),
+            Targets::Values { values, n_outputs } => {
+                Tensor::from_slice(values, (values.len() / n_outputs.max(1), n_outputs), device)
+            }
+        }
+    }
+}
+
 /// How to train.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
-    /// Hidden layer widths; empty trains softmax regression (architecture `softmax`), otherwise an
-    /// `mlp` with a softmax output.
+    /// Hidden layer widths; empty trains a single layer (architecture `softmax` for classifiers,
+    /// `linear` for regressors), otherwise an `mlp` (softmax output for classifiers, raw outputs
+    /// for regressors).
     pub hidden: Vec<usize>,
     /// Activation between hidden layers.
     pub activation: Activation,
@@ -100,11 +169,12 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     /// Seed of every random choice (split, initial weights, batch order).
     pub seed: u64,
-    /// Share of each class held out for validation (early stopping).
+    /// Share of the rows (of each class, for classifiers) held out for validation (early stopping).
     pub validation_fraction: f64,
-    /// Share of each class held out for the final test metrics.
+    /// Share of the rows (of each class, for classifiers) held out for the final test metrics.
     pub test_fraction: f64,
-    /// Standardise inputs with training-split statistics, shipped inside the model.
+    /// Standardise inputs (and regression targets) with training-split statistics; the model
+    /// undoes it itself, so clients send raw features and get predictions in the target's units.
     pub standardize: bool,
 }
 
@@ -127,12 +197,17 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The architecture this config trains.
-    pub fn spec(&self) -> ArchitectureSpec {
-        if self.hidden.is_empty() {
-            ArchitectureSpec::single_layer(Architecture::Softmax)
-        } else {
-            ArchitectureSpec::mlp(self.activation, OutputActivation::Softmax)
+    /// The architecture this config trains for `task`.
+    pub fn spec(&self, task: Task) -> ArchitectureSpec {
+        match (task, self.hidden.is_empty()) {
+            (Task::Classification, true) => ArchitectureSpec::single_layer(Architecture::Softmax),
+            (Task::Classification, false) => {
+                ArchitectureSpec::mlp(self.activation, OutputActivation::Softmax)
+            }
+            (Task::Regression, true) => ArchitectureSpec::single_layer(Architecture::Linear),
+            (Task::Regression, false) => {
+                ArchitectureSpec::mlp(self.activation, OutputActivation::None)
+            }
         }
     }
 
@@ -226,14 +301,123 @@ pub fn stratified_split(
     split
 }
 
-/// Loss and accuracy on one split.
+/// How well a model does on one split.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SplitMetrics {
     pub rows: usize,
-    /// Mean cross-entropy.
+    /// Mean cross-entropy (classification) or mean squared error in the target's units
+    /// (regression).
     pub loss: f32,
-    /// Share of rows whose highest-scoring class is the label.
-    pub accuracy: f32,
+    pub quality: Quality,
+}
+
+/// The task-specific part of [`SplitMetrics`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quality {
+    Classification {
+        /// Share of rows whose highest-scoring class is the label.
+        accuracy: f32,
+    },
+    Regression {
+        /// Root mean squared error.
+        rmse: f32,
+        /// Mean absolute error.
+        mae: f32,
+        /// Coefficient of determination over all outputs, `1 - SS_res / SS_tot` (1 when the
+        /// targets are constant and predicted exactly, 0 when they are constant and missed).
+        r2: f32,
+    },
+}
+
+impl SplitMetrics {
+    /// Accuracy of a classifier; `None` for a regressor.
+    pub fn accuracy(&self) -> Option<f32> {
+        match self.quality {
+            Quality::Classification { accuracy } => Some(accuracy),
+            Quality::Regression { .. } => None,
+        }
+    }
+
+    /// The metrics under their names (`loss`, `accuracy` or `rmse`/`mae`/`r2`), as the run
+    /// record and the gate name them.
+    pub fn named(&self) -> Vec<(&'static str, f32)> {
+        let mut out = vec![("loss", self.loss)];
+        match self.quality {
+            Quality::Classification { accuracy } => out.push(("accuracy", accuracy)),
+            Quality::Regression { rmse, mae, r2 } => {
+                out.extend([("rmse", rmse), ("mae", mae), ("r2", r2)])
+            }
+        }
+        out
+    }
+}
+
+/// Scores `model` on inputs `x` against targets `y` (`u32 [rows]` class indices for
+/// classification, `f32 [rows, outputs]` values for regression), through the served forward pass.
+pub fn score(
+    model: &DenseModel,
+    x: &Tensor,
+    y: &Tensor,
+    task: Task,
+) -> candle_core::Result<SplitMetrics> {
+    let rows = x.dim(0)?;
+    match task {
+        Task::Classification => {
+            let logits = model.logits(x)?;
+            let loss = scalar(&candle_nn::loss::cross_entropy(&logits, y)?)?;
+            let correct = logits
+                .argmax(D::Minus1)?
+                .eq(y)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            Ok(SplitMetrics {
+                rows,
+                loss,
+                quality: Quality::Classification {
+                    accuracy: correct / rows as f32,
+                },
+            })
+        }
+        Task::Regression => {
+            let predicted = model.forward(x)?.flatten_all()?.to_vec1::<f32>()?;
+            let expected = y.flatten_all()?.to_vec1::<f32>()?;
+            if predicted.len() != expected.len() {
+                candle_core::bail!(
+                    "the model gives {} outputs for {rows} rows, the targets have {}",
+                    predicted.len(),
+                    expected.len()
+                );
+            }
+            // f64 sums: errors of large targets must not lose their small differences.
+            let n = expected.len().max(1) as f64;
+            let mean = expected.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let (mut squared, mut absolute, mut total) = (0f64, 0f64, 0f64);
+            for (&p, &t) in predicted.iter().zip(&expected) {
+                let e = f64::from(p) - f64::from(t);
+                squared += e * e;
+                absolute += e.abs();
+                total += (f64::from(t) - mean).powi(2);
+            }
+            let mse = squared / n;
+            let r2 = if total > 0.0 {
+                1.0 - squared / total
+            } else if squared == 0.0 {
+                1.0
+            } else {
+                0.0
+            };
+            Ok(SplitMetrics {
+                rows,
+                loss: mse as f32,
+                quality: Quality::Regression {
+                    rmse: mse.sqrt() as f32,
+                    mae: (absolute / n) as f32,
+                    r2: r2 as f32,
+                },
+            })
+        }
+    }
 }
 
 /// Final metrics of a trained model (validation and test are absent when their split is empty).
@@ -256,6 +440,7 @@ pub struct EpochRecord {
 /// The result of a training run.
 #[derive(Debug, Clone)]
 pub struct TrainedModel {
+    pub task: Task,
     /// Architecture to name in `config.pbtxt` (see [`ArchitectureSpec::to_parameters`]).
     pub spec: ArchitectureSpec,
     /// Weights under the [`crate::model`] names, ready for `model.safetensors`.
@@ -345,17 +530,51 @@ pub fn train_classifier(
     n_classes: usize,
     cfg: &TrainConfig,
 ) -> Result<TrainedModel, TrainError> {
+    train(features, n_features, Targets::Classes { labels, n_classes }, cfg)
+}
+
+/// Trains a regressor on `features` (row-major, `n_features` per row) and `values`
+/// (row-major, `n_outputs` per row).
+pub fn train_regressor(
+    features: &[f32],
+    n_features: usize,
+    values: &[f32],
+    n_outputs: usize,
+    cfg: &TrainConfig,
+) -> Result<TrainedModel, TrainError> {
+    train(features, n_features, Targets::Values { values, n_outputs }, cfg)
+}
+
+/// Trains a model for `targets` on `features` (row-major, `n_features` per row).
+pub fn train(
+    features: &[f32],
+    n_features: usize,
+    targets: Targets<'_>,
+    cfg: &TrainConfig,
+) -> Result<TrainedModel, TrainError> {
     cfg.validate()?;
-    let rows = validate_data(features, n_features, labels, n_classes)?;
+    let rows = validate_data(features, n_features, &targets)?;
+    let task = targets.task();
+    let n_outputs = targets.outputs();
     let device = Device::Cpu;
 
-    let split = stratified_split(
-        labels,
-        n_classes,
-        cfg.validation_fraction,
-        cfg.test_fraction,
-        cfg.seed,
-    );
+    let split = match targets {
+        Targets::Classes { labels, n_classes } => stratified_split(
+            labels,
+            n_classes,
+            cfg.validation_fraction,
+            cfg.test_fraction,
+            cfg.seed,
+        ),
+        // One "class" for every row: a plain seeded split.
+        Targets::Values { .. } => stratified_split(
+            &vec![0; rows],
+            1,
+            cfg.validation_fraction,
+            cfg.test_fraction,
+            cfg.seed,
+        ),
+    };
     if split.train.is_empty() {
         return Err(TrainError::InvalidInput(
             "the training split is empty; lower validation_fraction/test_fraction or add rows"
@@ -364,14 +583,14 @@ pub fn train_classifier(
     }
 
     let x_all = Tensor::from_slice(features, (rows, n_features), &device)?;
-    let y_all = Tensor::from_slice(labels, rows, &device)?;
+    let y_all = targets.tensor(&device)?;
     let take = |idx: &[usize]| -> candle_core::Result<(Tensor, Tensor)> {
         let len = idx.len();
         let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
         let idx = Tensor::from_vec(idx, len, &device)?;
         Ok((x_all.index_select(&idx, 0)?, y_all.index_select(&idx, 0)?))
     };
-    let (x_train_raw, y_train) = take(&split.train)?;
+    let (x_train_raw, y_train_raw) = take(&split.train)?;
 
     let mut tensors = HashMap::new();
     let normalize = if cfg.standardize {
@@ -392,19 +611,44 @@ pub fn train_classifier(
             None => Ok(x.clone()),
         }
     };
+    // Regression targets are learnt standardised (well-conditioned whatever their units); the
+    // scaling is folded back into the last layer below.
+    let target_scaling = match targets {
+        Targets::Values { values, n_outputs } if cfg.standardize => {
+            let (mean, std) = standardization(values, n_outputs, &split.train);
+            Some((
+                Tensor::from_vec(mean, n_outputs, &device)?,
+                Tensor::from_vec(std, n_outputs, &device)?,
+            ))
+        }
+        _ => None,
+    };
+    let scale_targets = |y: &Tensor| -> candle_core::Result<Tensor> {
+        match &target_scaling {
+            Some((mean, std)) => y.broadcast_sub(mean)?.broadcast_div(std),
+            None => Ok(y.clone()),
+        }
+    };
+    let loss_of = |outputs: &Tensor, y: &Tensor| -> candle_core::Result<Tensor> {
+        match task {
+            Task::Classification => candle_nn::loss::cross_entropy(outputs, y),
+            Task::Regression => candle_nn::loss::mse(outputs, y),
+        }
+    };
     let x_train = standardize(&x_train_raw)?;
+    let y_train = scale_targets(&y_train_raw)?;
     let validation = if split.validation.is_empty() {
         None
     } else {
         let (x, y) = take(&split.validation)?;
-        Some((standardize(&x)?, y))
+        Some((standardize(&x)?, scale_targets(&y)?))
     };
 
-    let spec = cfg.spec();
+    let spec = cfg.spec(task);
     let layers = init_layers(
         n_features,
         &cfg.hidden,
-        n_classes,
+        n_outputs,
         cfg.activation,
         cfg.seed,
         &device,
@@ -436,15 +680,12 @@ pub fn train_classifier(
                     let idx = Tensor::from_slice(chunk, chunk.len(), &device)?;
                     let x = x_train.index_select(&idx, 0)?;
                     let y = y_train.index_select(&idx, 0)?;
-                    let loss = candle_nn::loss::cross_entropy(
-                        &forward_logits(&layers, cfg.activation, &x)?,
-                        &y,
-                    )?;
+                    let loss = loss_of(&forward_logits(&layers, cfg.activation, &x)?, &y)?;
                     optimizer.backward_step(&loss)?;
                 }
             }
             _ => {
-                let loss = candle_nn::loss::cross_entropy(
+                let loss = loss_of(
                     &forward_logits(&layers, cfg.activation, &x_train)?,
                     &y_train,
                 )?;
@@ -452,12 +693,12 @@ pub fn train_classifier(
             }
         }
 
-        let train_loss = scalar(&candle_nn::loss::cross_entropy(
+        let train_loss = scalar(&loss_of(
             &forward_logits(&layers, cfg.activation, &x_train)?,
             &y_train,
         )?)?;
         let validation_loss = match &validation {
-            Some((x, y)) => Some(scalar(&candle_nn::loss::cross_entropy(
+            Some((x, y)) => Some(scalar(&loss_of(
                 &forward_logits(&layers, cfg.activation, x)?,
                 y,
             )?)?),
@@ -491,8 +732,14 @@ pub fn train_classifier(
         }
     }
 
-    let (_, best_epoch, weights) =
+    let (_, best_epoch, mut weights) =
         best.expect("at least one epoch ran and recorded a finite loss. This is a bug.");
+    if let Some((mean, std)) = &target_scaling {
+        // y = (W h + b) * std + mean  ==  (W * std[:, None]) h + (b * std + mean).
+        let last = weights.len() - 2;
+        weights[last] = weights[last].broadcast_mul(&std.unsqueeze(1)?)?;
+        weights[last + 1] = weights[last + 1].mul(std)?.add(mean)?;
+    }
     for (i, pair) in weights.chunks(2).enumerate() {
         tensors.insert(layer_weight_name(i), pair[0].clone());
         tensors.insert(layer_bias_name(i), pair[1].clone());
@@ -505,19 +752,7 @@ pub fn train_classifier(
             return Ok(None);
         }
         let (x, y) = take(idx)?;
-        let logits = model.logits(&x)?;
-        let loss = scalar(&candle_nn::loss::cross_entropy(&logits, &y)?)?;
-        let predicted = logits.argmax(D::Minus1)?;
-        let correct = predicted
-            .eq(&y)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()?;
-        Ok(Some(SplitMetrics {
-            rows: idx.len(),
-            loss,
-            accuracy: correct / idx.len() as f32,
-        }))
+        score(&model, &x, &y, task).map(Some)
     };
     let metrics = Metrics {
         train: evaluate(&split.train)?
@@ -527,6 +762,7 @@ pub fn train_classifier(
     };
 
     Ok(TrainedModel {
+        task,
         spec,
         tensors,
         metrics,
@@ -535,7 +771,7 @@ pub fn train_classifier(
         history,
         split,
         input_features: n_features,
-        output_features: n_classes,
+        output_features: n_outputs,
     })
 }
 
@@ -547,17 +783,11 @@ fn scalar(t: &Tensor) -> candle_core::Result<f32> {
 fn validate_data(
     features: &[f32],
     n_features: usize,
-    labels: &[u32],
-    n_classes: usize,
+    targets: &Targets<'_>,
 ) -> Result<usize, TrainError> {
     let bad = |msg: String| Err(TrainError::InvalidInput(msg));
     if n_features == 0 {
         return bad("n_features must be > 0".into());
-    }
-    if n_classes < 2 {
-        return bad(format!(
-            "a classifier needs at least 2 classes, got {n_classes}"
-        ));
     }
     if features.is_empty() || features.len() % n_features != 0 {
         return bad(format!(
@@ -566,17 +796,46 @@ fn validate_data(
         ));
     }
     let rows = features.len() / n_features;
-    if labels.len() != rows {
-        return bad(format!("{rows} feature rows but {} labels", labels.len()));
-    }
-    if let Some((row, label)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= n_classes)
-    {
-        return bad(format!(
-            "row {row} has label {label}, but n_classes = {n_classes}"
-        ));
+    match *targets {
+        Targets::Classes { labels, n_classes } => {
+            if n_classes < 2 {
+                return bad(format!(
+                    "a classifier needs at least 2 classes, got {n_classes}"
+                ));
+            }
+            if labels.len() != rows {
+                return bad(format!("{rows} feature rows but {} labels", labels.len()));
+            }
+            if let Some((row, label)) = labels
+                .iter()
+                .enumerate()
+                .find(|(_, &l)| l as usize >= n_classes)
+            {
+                return bad(format!(
+                    "row {row} has label {label}, but n_classes = {n_classes}"
+                ));
+            }
+        }
+        Targets::Values { values, n_outputs } => {
+            if n_outputs == 0 {
+                return bad("a regressor needs at least 1 output".into());
+            }
+            if values.len() != rows * n_outputs {
+                return bad(format!(
+                    "{rows} feature rows need {} target values ({n_outputs} per row), got {}",
+                    rows * n_outputs,
+                    values.len()
+                ));
+            }
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return bad(format!(
+                    "row {} target {} is {} (targets must be finite)",
+                    i / n_outputs,
+                    i % n_outputs,
+                    values[i]
+                ));
+            }
+        }
     }
     if let Some(i) = features.iter().position(|v| !v.is_finite()) {
         return bad(format!(
@@ -636,7 +895,7 @@ fn standardization(features: &[f32], n_features: usize, rows: &[usize]) -> (Vec<
 fn init_layers(
     n_features: usize,
     hidden: &[usize],
-    n_classes: usize,
+    n_outputs: usize,
     activation: Activation,
     seed: u64,
     device: &Device,
@@ -644,7 +903,7 @@ fn init_layers(
     let mut rng = SplitMix64::stream(seed, STREAM_INIT);
     let sizes: Vec<usize> = std::iter::once(n_features)
         .chain(hidden.iter().copied())
-        .chain(std::iter::once(n_classes))
+        .chain(std::iter::once(n_outputs))
         .collect();
     let last = sizes.len() - 2;
     sizes
@@ -788,9 +1047,13 @@ mod tests {
             let model = train_classifier(&features, 3, &labels, 3, &cfg).expect("train");
             let test = model.metrics.test.expect("test split");
             assert_eq!(test.rows, 24);
-            assert!(test.accuracy >= 0.95, "{hidden:?}: {:?}", model.metrics);
             assert!(
-                model.metrics.train.accuracy >= 0.95,
+                test.accuracy().expect("classifier") >= 0.95,
+                "{hidden:?}: {:?}",
+                model.metrics
+            );
+            assert!(
+                model.metrics.train.accuracy().expect("classifier") >= 0.95,
                 "{hidden:?}: {:?}",
                 model.metrics
             );
@@ -876,6 +1139,151 @@ mod tests {
         };
         let err = train_classifier(&[1.0, 2.0], 2, &[0], 2, &bad_cfg).expect_err("fractions");
         assert!(matches!(err, TrainError::InvalidConfig(_)), "{err}");
+    }
+
+    /// `y = 1000 * (3 x0 - 2 x1) + 50000 (+ x0 * x1 * 800 when `nonlinear`)`: large target
+    /// units, so learning only works if target scaling does.
+    fn regression_data(rows: usize, nonlinear: bool, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = SplitMix64::new(seed);
+        let mut features = Vec::new();
+        let mut values = Vec::new();
+        for _ in 0..rows {
+            let x0 = rng.next_f32() * 4.0 - 2.0;
+            let x1 = rng.next_f32() * 4.0 - 2.0;
+            features.extend([x0, x1]);
+            let mut y = 1000.0 * (3.0 * x0 - 2.0 * x1) + 50_000.0;
+            if nonlinear {
+                y += 800.0 * x0 * x1;
+            }
+            values.push(y);
+        }
+        (features, values)
+    }
+
+    fn regression_metrics(m: &SplitMetrics) -> (f32, f32, f32) {
+        match m.quality {
+            Quality::Regression { rmse, mae, r2 } => (rmse, mae, r2),
+            other => panic!("not regression metrics: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn learns_linear_and_nonlinear_regression_in_the_targets_units() {
+        let (features, values) = regression_data(300, false, 1);
+        let cfg = TrainConfig {
+            epochs: 400,
+            learning_rate: 0.05,
+            seed: 3,
+            ..TrainConfig::default()
+        };
+        let linear = train_regressor(&features, 2, &values, 1, &cfg).expect("linear");
+        assert_eq!(linear.task, Task::Regression);
+        assert_eq!(linear.spec.architecture, Architecture::Linear);
+        let test = linear.metrics.test.expect("test split");
+        assert_eq!(test.rows, 60);
+        let (rmse, mae, r2) = regression_metrics(&test);
+        assert!(r2 > 0.999, "{:?}", linear.metrics);
+        assert!(rmse < 100.0 && mae <= rmse, "{:?}", linear.metrics);
+        assert!((test.loss - rmse * rmse).abs() <= 1e-3 * test.loss.max(1.0));
+
+        // The served model answers in the target's units: no rescaling left to the client.
+        let dense = linear.to_dense_model().expect("dense");
+        let x = Tensor::from_slice(&[1.0f32, -1.0], (1, 2), &Device::Cpu).expect("x");
+        let y = dense.forward(&x).expect("fwd").to_vec2::<f32>().expect("v");
+        assert!((y[0][0] - 55_000.0).abs() < 200.0, "{y:?}");
+
+        // A linear model cannot fit the interaction; an MLP can.
+        let (features, values) = regression_data(400, true, 2);
+        let linear = train_regressor(&features, 2, &values, 1, &cfg).expect("linear");
+        let mlp_cfg = TrainConfig {
+            hidden: vec![32, 32],
+            epochs: 600,
+            learning_rate: 0.01,
+            batch_size: Some(64),
+            seed: 3,
+            ..TrainConfig::default()
+        };
+        let mlp = train_regressor(&features, 2, &values, 1, &mlp_cfg).expect("mlp");
+        assert_eq!(mlp.spec, ArchitectureSpec::mlp(Activation::Relu, OutputActivation::None));
+        let (linear_rmse, _, _) = regression_metrics(&linear.metrics.test.expect("test"));
+        let (mlp_rmse, _, mlp_r2) = regression_metrics(&mlp.metrics.test.expect("test"));
+        assert!(mlp_r2 > 0.98, "{:?}", mlp.metrics);
+        assert!(mlp_rmse < linear_rmse / 2.0, "mlp {mlp_rmse} vs linear {linear_rmse}");
+    }
+
+    #[test]
+    fn regression_is_bit_reproducible_and_scores_like_the_served_model() {
+        let (features, values) = regression_data(120, true, 4);
+        let cfg = TrainConfig {
+            hidden: vec![8],
+            epochs: 50,
+            batch_size: Some(16),
+            seed: 8,
+            ..TrainConfig::default()
+        };
+        let a = train_regressor(&features, 2, &values, 1, &cfg).expect("a");
+        let b = train_regressor(&features, 2, &values, 1, &cfg).expect("b");
+        assert_eq!(weights_bits(&a), weights_bits(&b));
+        assert_eq!(a.metrics, b.metrics);
+
+        // score() on the test rows equals the metrics training reported.
+        let dense = a.to_dense_model().expect("dense");
+        let rows = &a.split.test;
+        let x: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| features[r * 2..r * 2 + 2].to_vec())
+            .collect();
+        let y: Vec<f32> = rows.iter().map(|&r| values[r]).collect();
+        let x = Tensor::from_vec(x, (rows.len(), 2), &Device::Cpu).expect("x");
+        let y = Tensor::from_vec(y, (rows.len(), 1), &Device::Cpu).expect("y");
+        let scored = score(&dense, &x, &y, Task::Regression).expect("score");
+        assert_eq!(Some(scored), a.metrics.test);
+    }
+
+    #[test]
+    fn regression_metrics_match_hand_computed_values() {
+        // A linear model with identity weights: predictions = inputs.
+        let mut tensors = HashMap::new();
+        let dev = Device::Cpu;
+        tensors.insert(
+            layer_weight_name(0),
+            Tensor::from_slice(&[1.0f32], (1, 1), &dev).expect("w"),
+        );
+        tensors.insert(
+            layer_bias_name(0),
+            Tensor::from_slice(&[0.0f32], 1, &dev).expect("b"),
+        );
+        let model = DenseModel::from_tensors(
+            tensors,
+            ArchitectureSpec::single_layer(Architecture::Linear),
+        )
+        .expect("model");
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0], (4, 1), &dev).expect("x");
+        let y = Tensor::from_slice(&[1.0f32, 3.0, 3.0, 2.0], (4, 1), &dev).expect("y");
+        let m = score(&model, &x, &y, Task::Regression).expect("score");
+        // errors 0, -1, 0, 2: SSE 5, MSE 1.25, MAE 0.75; mean 2.25, SS_tot 2.75.
+        assert_eq!(m.rows, 4);
+        assert!((m.loss - 1.25).abs() < 1e-6);
+        let (rmse, mae, r2) = regression_metrics(&m);
+        assert!((rmse - 1.25f32.sqrt()).abs() < 1e-6);
+        assert!((mae - 0.75).abs() < 1e-6);
+        assert!((r2 - (1.0 - 5.0 / 2.75)).abs() < 1e-6);
+        assert_eq!(
+            m.named().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            ["loss", "rmse", "mae", "r2"]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_regression_targets() {
+        let cfg = TrainConfig::default();
+        let err = train_regressor(&[1.0, 2.0], 1, &[1.0], 1, &cfg).expect_err("length");
+        assert!(err.to_string().contains("need 2 target values"), "{err}");
+        let err =
+            train_regressor(&[1.0, 2.0], 1, &[1.0, f32::INFINITY], 1, &cfg).expect_err("inf");
+        assert!(err.to_string().contains("targets must be finite"), "{err}");
+        let err = train_regressor(&[1.0], 1, &[], 0, &cfg).expect_err("outputs");
+        assert!(err.to_string().contains("at least 1 output"), "{err}");
     }
 
     #[test]

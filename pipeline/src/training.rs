@@ -2,17 +2,19 @@
 //! and [`crate::tracking`].
 //!
 //! Data flow: dataset version -> chosen feature columns cast to f32 (row-major, in the given
-//! order, which becomes the model's input order) + the label column encoded as class indices
-//! (distinct values sorted: strings lexicographically, integers and booleans numerically) ->
-//! [`train_classifier`] with the run's seed -> artifacts in the run's folder:
+//! order, which becomes the model's input order) + the label column, encoded as class indices
+//! for classification (distinct values sorted: strings lexicographically, integers and booleans
+//! numerically) or cast to f32 for regression -> [`crate::train::train`] with the run's seed ->
+//! artifacts in the run's folder:
 //!
 //! - `model.safetensors`: the weights ([`crate::model`] contract);
-//! - `labels.txt`: one class name per output, in output order;
-//! - `model.json` ([`ModelInfo`]): architecture, feature and label columns, classes, dataset
+//! - `labels.txt` (classification only): one class name per output, in output order;
+//! - `model.json` ([`ModelInfo`]): task, architecture, feature and label columns, classes, dataset
 //!   version, the rows of each split, and metrics; what evaluation and publishing need.
 //!
 //! The run record gets params, per-epoch losses (`epoch_train_loss`, `epoch_validation_loss`,
-//! step = epoch), final metrics of the kept weights (`train_loss`, `test_accuracy`, ...),
+//! step = epoch), final metrics of the kept weights (`train_loss`, `test_accuracy` or
+//! `test_rmse`/`test_mae`/`test_r2`, ...),
 //! artifact hashes, dataset version, code revision and seed, and is mirrored to MLflow when a
 //! tracking URI is given. Everything is deterministic given the dataset, the spec and the seed
 //! (see [`crate::train`]).
@@ -30,9 +32,7 @@ use crate::profile::{profile_batch, Profile};
 use crate::publish::LABELS_FILE;
 use crate::store::{FeatureStore, StoreError};
 use crate::tracking::{CodeRevision, MetricPoint, RunRecord, RunStatus, Tracker, TrackingError};
-use crate::train::{
-    train_classifier, Metrics, SplitMetrics, TrainConfig, TrainError, TrainedModel,
-};
+use crate::train::{train, Metrics, SplitMetrics, Targets, Task, TrainConfig, TrainError, TrainedModel};
 use crate::util::{to_json_pretty, write_atomic};
 
 /// Weights file of a run.
@@ -44,11 +44,15 @@ pub const MODEL_INFO_FILE: &str = "model.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
+    /// `classification` (default) or `regression`.
+    #[serde(default)]
+    pub task: Task,
     /// Feature columns, in model input order.
     pub features: Vec<String>,
-    /// Class label column (strings, integers or booleans).
+    /// Classification: the class label column (strings, integers or booleans). Regression: the
+    /// numeric target column.
     pub label: String,
-    /// Hidden layer widths; empty trains softmax regression.
+    /// Hidden layer widths; empty trains a single layer (softmax or linear regression).
     #[serde(default)]
     pub hidden: Vec<usize>,
     /// `relu`, `gelu`, `tanh` or `sigmoid`.
@@ -100,6 +104,7 @@ impl TrainSpec {
     /// A spec with the defaults of [`TrainConfig`].
     pub fn new(features: Vec<String>, label: impl Into<String>) -> TrainSpec {
         TrainSpec {
+            task: Task::Classification,
             features,
             label: label.into(),
             hidden: Vec::new(),
@@ -195,19 +200,67 @@ impl From<TrainError> for TrainingError {
     }
 }
 
-/// A dataset version as a feature matrix and class indices.
+/// A dataset version as a feature matrix and targets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingData {
     /// Row-major, `features.len() / n_features` rows.
     pub features: Vec<f32>,
     pub n_features: usize,
-    pub labels: Vec<u32>,
-    /// Class names, index = label value.
-    pub classes: Vec<String>,
+    pub target: TargetData,
     /// Rows of the dataset kept (after dropping rows with nulls), in order.
     pub rows: Vec<usize>,
     /// The feature and label columns of the kept rows (for the reference profile).
     pub columns: RecordBatch,
+}
+
+/// The label column of the kept rows, as training needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetData {
+    Classes {
+        labels: Vec<u32>,
+        /// Class names, index = label value.
+        classes: Vec<String>,
+    },
+    /// One value per row.
+    Values(Vec<f32>),
+}
+
+impl TargetData {
+    /// Class names (empty for regression).
+    pub fn classes(&self) -> &[String] {
+        match self {
+            TargetData::Classes { classes, .. } => classes,
+            TargetData::Values(_) => &[],
+        }
+    }
+
+    pub fn targets(&self) -> Targets<'_> {
+        match self {
+            TargetData::Classes { labels, classes } => Targets::Classes {
+                labels,
+                n_classes: classes.len(),
+            },
+            TargetData::Values(values) => Targets::Values {
+                values,
+                n_outputs: 1,
+            },
+        }
+    }
+
+    /// The targets of the given rows, in the tensor form [`crate::train::score`] takes.
+    pub fn tensor_of(&self, rows: &[usize]) -> Option<candle_core::Result<candle_core::Tensor>> {
+        let device = &candle_core::Device::Cpu;
+        Some(match self {
+            TargetData::Classes { labels, .. } => {
+                let y: Vec<u32> = rows.iter().map(|&r| labels.get(r).copied()).collect::<Option<_>>()?;
+                candle_core::Tensor::from_vec(y, rows.len(), device)
+            }
+            TargetData::Values(values) => {
+                let y: Vec<f32> = rows.iter().map(|&r| values.get(r).copied()).collect::<Option<_>>()?;
+                candle_core::Tensor::from_vec(y, (rows.len(), 1), device)
+            }
+        })
+    }
 }
 
 fn data_err(dataset: &str, message: String) -> TrainingError {
@@ -217,12 +270,13 @@ fn data_err(dataset: &str, message: String) -> TrainingError {
     }
 }
 
-/// Extracts features and labels; `dataset` names the data in errors.
+/// Extracts features and targets for `task`; `dataset` names the data in errors.
 pub fn training_data(
     batch: &RecordBatch,
     dataset: &str,
     features: &[String],
     label: &str,
+    task: Task,
     drop_null_rows: bool,
 ) -> Result<TrainingData, TrainingError> {
     if features.is_empty() {
@@ -281,59 +335,32 @@ pub fn training_data(
         return Err(data_err(dataset, "no rows left to train on".into()));
     }
 
-    let (classes, label_of): (Vec<String>, Vec<String>) = match label_array.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let s = cast(&label_array, &DataType::Utf8)
+    let target = match task {
+        Task::Classification => class_targets(&label_array, &rows, dataset, label)?,
+        Task::Regression => {
+            let t = label_array.data_type();
+            if !t.is_numeric() {
+                return Err(data_err(
+                    dataset,
+                    format!("target `{label}` is {t}; regression needs a numeric target"),
+                ));
+            }
+            let values = cast(&label_array, &DataType::Float32)
                 .map_err(|e| data_err(dataset, e.to_string()))?;
-            let s = s.as_string::<i32>();
-            let values: Vec<String> = rows.iter().map(|&i| s.value(i).to_string()).collect();
-            let mut classes = values.clone();
-            classes.sort();
-            classes.dedup();
-            (classes, values)
-        }
-        t if t.is_integer() || *t == DataType::Boolean => {
-            let ints = cast(&label_array, &DataType::Int64)
-                .map_err(|e| data_err(dataset, e.to_string()))?;
-            let ints = ints.as_primitive::<arrow::datatypes::Int64Type>();
-            let mut distinct: Vec<i64> = rows.iter().map(|&i| ints.value(i)).collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let name = |v: i64| {
-                if *t == DataType::Boolean {
-                    (v != 0).to_string()
-                } else {
-                    v.to_string()
-                }
-            };
-            (
-                distinct.iter().map(|&v| name(v)).collect(),
-                rows.iter().map(|&i| name(ints.value(i))).collect(),
-            )
-        }
-        t => {
-            return Err(data_err(
-                dataset,
-                format!(
-                    "label `{label}` is {t}; a classifier needs string, integer or boolean labels"
-                ),
-            ))
+            let values = values.as_primitive::<Float32Type>();
+            let values: Vec<f32> = rows.iter().map(|&i| values.value(i)).collect();
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(data_err(
+                    dataset,
+                    format!(
+                        "target `{label}` is {} in row {}; regression targets must be finite",
+                        values[i], rows[i]
+                    ),
+                ));
+            }
+            TargetData::Values(values)
         }
     };
-    if classes.len() < 2 {
-        return Err(data_err(
-            dataset,
-            format!(
-                "label `{label}` has {} distinct value(s); a classifier needs at least 2",
-                classes.len()
-            ),
-        ));
-    }
-    let labels: Vec<u32> = label_of
-        .iter()
-        .map(|v| classes.binary_search(v).map(|i| i as u32))
-        .collect::<Result<_, _>>()
-        .expect("every label value is among the sorted distinct values. This is a bug.");
 
     let mut matrix = Vec::with_capacity(rows.len() * features.len());
     let columns: Vec<_> = feature_arrays
@@ -362,22 +389,88 @@ pub fn training_data(
     Ok(TrainingData {
         features: matrix,
         n_features: features.len(),
-        labels,
-        classes,
+        target,
         rows,
         columns: kept,
     })
 }
 
+/// Encodes the label column of the kept `rows` as class indices.
+fn class_targets(
+    label_array: &ArrayRef,
+    rows: &[usize],
+    dataset: &str,
+    label: &str,
+) -> Result<TargetData, TrainingError> {
+    let (classes, label_of): (Vec<String>, Vec<String>) = match label_array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s = cast(label_array, &DataType::Utf8)
+                .map_err(|e| data_err(dataset, e.to_string()))?;
+            let s = s.as_string::<i32>();
+            let values: Vec<String> = rows.iter().map(|&i| s.value(i).to_string()).collect();
+            let mut classes = values.clone();
+            classes.sort();
+            classes.dedup();
+            (classes, values)
+        }
+        t if t.is_integer() || *t == DataType::Boolean => {
+            let ints = cast(label_array, &DataType::Int64)
+                .map_err(|e| data_err(dataset, e.to_string()))?;
+            let ints = ints.as_primitive::<arrow::datatypes::Int64Type>();
+            let mut distinct: Vec<i64> = rows.iter().map(|&i| ints.value(i)).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let name = |v: i64| {
+                if *t == DataType::Boolean {
+                    (v != 0).to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            (
+                distinct.iter().map(|&v| name(v)).collect(),
+                rows.iter().map(|&i| name(ints.value(i))).collect(),
+            )
+        }
+        t => {
+            return Err(data_err(
+                dataset,
+                format!(
+                    "label `{label}` is {t}; a classifier needs string, integer or boolean labels \
+                     (use task = \"regression\" for a numeric target)"
+                ),
+            ))
+        }
+    };
+    if classes.len() < 2 {
+        return Err(data_err(
+            dataset,
+            format!(
+                "label `{label}` has {} distinct value(s); a classifier needs at least 2",
+                classes.len()
+            ),
+        ));
+    }
+    let labels: Vec<u32> = label_of
+        .iter()
+        .map(|v| classes.binary_search(v).map(|i| i as u32))
+        .collect::<Result<_, _>>()
+        .expect("every label value is among the sorted distinct values. This is a bug.");
+    Ok(TargetData::Classes { labels, classes })
+}
+
 /// Everything evaluation and publishing need to know about a trained model (`model.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
+    #[serde(default)]
+    pub task: Task,
     pub run_id: String,
     pub dataset_version: String,
     /// `nereid.*` config parameters naming the architecture.
     pub architecture: BTreeMap<String, String>,
     pub features: Vec<String>,
     pub label: String,
+    /// Class names in output order (empty for regression).
     pub classes: Vec<String>,
     /// Positions (in the dataset's kept rows) of each split.
     pub train_rows: Vec<usize>,
@@ -395,6 +488,14 @@ pub struct ModelInfo {
 impl ModelInfo {
     pub fn spec(&self) -> Result<ArchitectureSpec, crate::model::ModelError> {
         ArchitectureSpec::from_parameters(|k| self.architecture.get(k).cloned())
+    }
+
+    /// Model outputs per row: one per class, or the one regression target.
+    pub fn outputs(&self) -> usize {
+        match self.task {
+            Task::Classification => self.classes.len(),
+            Task::Regression => 1,
+        }
     }
 
     pub fn read(dir: &Path) -> Result<ModelInfo, TrainingError> {
@@ -415,8 +516,9 @@ pub fn flat_metrics(metrics: &Metrics) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     let mut put = |split: &str, m: &Option<SplitMetrics>| {
         if let Some(m) = m {
-            out.insert(format!("{split}_loss"), f64::from(m.loss));
-            out.insert(format!("{split}_accuracy"), f64::from(m.accuracy));
+            for (name, value) in m.named() {
+                out.insert(format!("{split}_{name}"), f64::from(value));
+            }
             out.insert(format!("{split}_rows"), m.rows as f64);
         }
     };
@@ -471,9 +573,11 @@ pub fn train_from_dataset(
     let result = run_training(store, &version, spec, &dir, &mut record);
     match result {
         Ok(info) => {
-            tracking
-                .tracker
-                .record_artifacts(&mut record, &[WEIGHTS_FILE, LABELS_FILE, MODEL_INFO_FILE])?;
+            let artifacts: &[&str] = match info.task {
+                Task::Classification => &[WEIGHTS_FILE, LABELS_FILE, MODEL_INFO_FILE],
+                Task::Regression => &[WEIGHTS_FILE, MODEL_INFO_FILE],
+            };
+            tracking.tracker.record_artifacts(&mut record, artifacts)?;
             tracking
                 .tracker
                 .end(&mut record, RunStatus::Finished, None)?;
@@ -535,16 +639,11 @@ fn run_training(
         version.short_id(),
         &spec.features,
         &spec.label,
+        spec.task,
         spec.drop_null_rows,
     )?;
     let cfg = spec.config()?;
-    let model = train_classifier(
-        &data.features,
-        data.n_features,
-        &data.labels,
-        data.classes.len(),
-        &cfg,
-    )?;
+    let model = train(&data.features, data.n_features, data.target.targets(), &cfg)?;
     for epoch in &model.history {
         record.history.push(MetricPoint {
             key: "epoch_train_loss".into(),
@@ -582,15 +681,19 @@ fn write_artifacts(
     let weights = dir.join(WEIGHTS_FILE);
     model.save_safetensors(&weights)?;
     let (weights_sha256, _) = crate::util::sha256_file(&weights).map_err(io(&weights))?;
-    let mut labels = data.classes.join("\n");
-    labels.push('\n');
-    let labels_path = dir.join(LABELS_FILE);
-    write_atomic(&labels_path, labels.as_bytes()).map_err(io(&labels_path))?;
+    let classes = data.target.classes();
+    if !classes.is_empty() {
+        let mut labels = classes.join("\n");
+        labels.push('\n');
+        let labels_path = dir.join(LABELS_FILE);
+        write_atomic(&labels_path, labels.as_bytes()).map_err(io(&labels_path))?;
+    }
     let reference = profile_batch(&data.columns).map_err(|e| TrainingError::Data {
         dataset: version.id.clone(),
         message: e.to_string(),
     })?;
     let info = ModelInfo {
+        task: spec.task,
         run_id: record.id.clone(),
         dataset_version: version.id.clone(),
         architecture: model
@@ -601,7 +704,7 @@ fn write_artifacts(
             .collect(),
         features: spec.features.clone(),
         label: spec.label.clone(),
-        classes: data.classes.clone(),
+        classes: classes.to_vec(),
         train_rows: model.split.train.clone(),
         validation_rows: model.split.validation.clone(),
         test_rows: model.split.test.clone(),

@@ -690,6 +690,40 @@ fn features_and_train_commands_work_end_to_end() {
     ])
     .expect_err("string feature");
     assert!(format!("{err:#}").contains("numeric"), "{err:#}");
+
+    // Regression from the CLI: petal width from the other measurements.
+    train(&[
+        "--task",
+        "regression",
+        "--features",
+        "sepal_length,sepal_width,petal_length",
+        "--label",
+        "petal_width",
+    ])
+    .expect("train a regressor");
+    let latest = tracker.list().expect("runs");
+    let r = latest
+        .iter()
+        .find(|r| r.params.get("task").map(String::as_str) == Some("regression"))
+        .expect("regression run");
+    assert_eq!(r.status, RunStatus::Finished);
+    assert!(r.metrics.contains_key("test_rmse") && r.metrics.contains_key("test_r2"));
+    let names: Vec<&str> = r.artifacts.iter().map(|a| a.path.as_str()).collect();
+    assert_eq!(names, ["model.safetensors", "model.json"]);
+    // A string target is refused for regression, with the reason.
+    let err = train(&[
+        "--task",
+        "regression",
+        "--features",
+        "sepal_length",
+        "--label",
+        "species",
+    ])
+    .expect_err("string target");
+    assert!(
+        format!("{err:#}").contains("regression needs a numeric target"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -828,4 +862,164 @@ fn the_iris_pipeline_reproduces_the_default_repository_model() {
         assert!(max_diff < 1e-3, "{name}: max difference {max_diff}");
     }
     println!("iris pipeline model bit-identical to the checked-in one: {identical}");
+}
+
+/// `y = 40 x1 - 25 x2 + 12 x1 x3 + 300` plus small noise: a linear model misses the interaction,
+/// an MLP finds it.
+fn write_regression_csv(path: &Path) {
+    let mut rng = nereid_pipeline::train::SplitMix64::new(17);
+    let mut text = String::from("x1,x2,x3,y\n");
+    for _ in 0..400 {
+        let mut u = || rng.next_f32() * 4.0 - 2.0;
+        let (x1, x2, x3, noise) = (u(), u(), u(), u());
+        let y = 40.0 * x1 - 25.0 * x2 + 12.0 * x1 * x3 + 300.0 + noise;
+        text.push_str(&format!("{x1},{x2},{x3},{y}\n"));
+    }
+    std::fs::write(path, text).expect("write csv");
+}
+
+#[test]
+fn a_regression_pipeline_gates_on_rmse_and_publishes_a_servable_model() {
+    let ws = Workspace::new();
+    write_regression_csv(&ws.path("reg.csv"));
+    let pipeline = |name: &str, train: &str, gate: &str| {
+        let text = format!(
+            r#"name = "{name}"
+model = "price"
+store = {store:?}
+runs = {runs:?}
+repository = {repo:?}
+
+[[step]]
+name = "ingest"
+kind = "ingest"
+source = {source:?}
+dataset = "reg"
+
+[[step]]
+name = "train"
+kind = "train"
+needs = ["ingest"]
+task = "regression"
+features = ["x1", "x2", "x3"]
+label = "y"
+seed = 5
+{train}
+
+[[step]]
+name = "evaluate"
+kind = "evaluate"
+needs = ["train"]
+
+[[step]]
+name = "gate"
+kind = "gate"
+needs = ["evaluate"]
+{gate}
+
+[[step]]
+name = "publish"
+kind = "publish"
+needs = ["gate"]
+"#,
+            store = ws.path("store"),
+            runs = ws.path("runs"),
+            repo = ws.path("repo"),
+            source = ws.path("reg.csv"),
+        );
+        let path = ws.path(&format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write pipeline");
+        path
+    };
+    let gate_of = |run: &nereid_pipeline::runner::PipelineRun| match run
+        .step("gate")
+        .and_then(|s| s.output.clone())
+    {
+        Some(StepOutput::Gate(g)) => g,
+        other => panic!("{other:?}"),
+    };
+    let linear = "epochs = 300\nlearning_rate = 0.05";
+    let mlp = "hidden = [32, 32]\nepochs = 400\nlearning_rate = 0.01\nbatch_size = 64";
+
+    // 1. Linear regression first: published as version 1 (nothing to compare with).
+    let run = run_pipeline_file(&pipeline("linear", linear, ""), &quiet()).expect("linear");
+    assert_eq!(run.status, PipelineStatus::Succeeded, "{run:#?}");
+    assert_eq!(model_versions(&ws.path("repo"), "price").expect("v"), [1]);
+    assert_eq!(gate_of(&run).metric, "rmse");
+    match run.step("train").and_then(|s| s.output.clone()) {
+        Some(StepOutput::Model { metrics, .. }) => {
+            for key in ["test_rmse", "test_mae", "test_r2", "test_loss"] {
+                assert!(metrics.contains_key(key), "{key} in {metrics:?}");
+            }
+            assert!(!metrics.contains_key("test_accuracy"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // 2. The MLP beats it on RMSE over the same test rows: version 2.
+    let run = run_pipeline_file(&pipeline("mlp", mlp, ""), &quiet()).expect("mlp");
+    assert_eq!(run.status, PipelineStatus::Succeeded, "{run:#?}");
+    let gate = gate_of(&run);
+    assert!(gate.passed, "{gate:?}");
+    assert_eq!(gate.baseline_version, Some(1));
+    assert!(gate.candidate < gate.baseline.expect("baseline") / 2.0, "{gate:?}");
+    assert_eq!(model_versions(&ws.path("repo"), "price").expect("v"), [1, 2]);
+
+    // The published config: FP32 [3] in, FP32 [1] `PREDICTION` out, no labels file.
+    let pbtxt = std::fs::read_to_string(ws.path("repo/price/config.pbtxt")).expect("config");
+    let config =
+        nereid_protocol::config::parse_pbtxt(&pbtxt, "config.pbtxt").expect("parse config");
+    assert_eq!(config.output[0].name, "PREDICTION");
+    assert_eq!(config.output[0].dims, [1]);
+    assert!(config.output[0].label_filename.is_empty());
+    assert!(!ws.path("repo/price/labels.txt").exists());
+    let lineage: Lineage = serde_json::from_slice(
+        &std::fs::read(ws.path("repo/price/2").join(LINEAGE_FILE)).expect("lineage"),
+    )
+    .expect("json");
+    assert_eq!(lineage.task, nereid_pipeline::Task::Regression);
+    assert!(lineage.classes.is_empty());
+
+    // It loads as the server loads it and predicts in the target's units.
+    let spec = ArchitectureSpec::from_parameters(|k| {
+        config.parameters.get(k).map(|p| p.string_value.clone())
+    })
+    .expect("spec");
+    let model = DenseModel::load(
+        &ws.path("repo/price/2/model.safetensors"),
+        spec,
+        &candle_core::Device::Cpu,
+    )
+    .expect("load");
+    let x = candle_core::Tensor::from_slice(&[1.0f32, -1.0, 1.0], (1, 3), &candle_core::Device::Cpu)
+        .expect("x");
+    let y = model.forward(&x).expect("forward").to_vec2::<f32>().expect("y");
+    let expected = 40.0 + 25.0 + 12.0 + 300.0;
+    assert!((y[0][0] - expected).abs() < 10.0, "{y:?} vs {expected}");
+
+    // 3. Linear again (another seed) loses to the MLP: not published.
+    let run = run_pipeline_file(
+        &pipeline("linear_again", &format!("{linear}\nvalidation_fraction = 0.25"), ""),
+        &quiet(),
+    )
+    .expect("linear again");
+    assert_eq!(run.status, PipelineStatus::Succeeded);
+    assert!(!gate_of(&run).passed);
+    assert_eq!(model_versions(&ws.path("repo"), "price").expect("v"), [1, 2]);
+
+    // 4. A classification metric on a regression model is a clear configuration error.
+    let run = run_pipeline_file(
+        &pipeline("bad_metric", linear, "metric = \"accuracy\""),
+        &quiet(),
+    )
+    .expect("run");
+    assert_eq!(run.status, PipelineStatus::Failed);
+    let error = run
+        .step("gate")
+        .and_then(|s| s.error.clone())
+        .unwrap_or_default();
+    assert!(
+        error.contains("gate metric `accuracy` does not apply to a regression model: use loss, rmse, mae, r2"),
+        "{error}"
+    );
 }
