@@ -108,15 +108,21 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "train      accuracy {:.4} ({} rows, loss {:.4})",
-        accuracy(&m.train), m.train.rows, m.train.loss
+        accuracy(&m.train),
+        m.train.rows,
+        m.train.loss
     );
     println!(
         "validation accuracy {:.4} ({} rows, loss {:.4})",
-        accuracy(&validation), validation.rows, validation.loss
+        accuracy(&validation),
+        validation.rows,
+        validation.loss
     );
     println!(
         "test       accuracy {:.4} ({} rows, loss {:.4})",
-        accuracy(&test), test.rows, test.loss
+        accuracy(&test),
+        test.rows,
+        test.loss
     );
 
     let command = format!(
@@ -131,7 +137,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let config = format!(
         "# Produced by `{command}` (test accuracy {:.4} on {} rows).\n{CONFIG_BODY}",
-        accuracy(&test), test.rows
+        accuracy(&test),
+        test.rows
     );
     let labels: Vec<String> = LABELS.iter().map(|s| s.to_string()).collect();
     let dir = write_model_version(

@@ -15,15 +15,16 @@ use crate::profile::{diff_profiles, ColumnProfile, ProfileDiff};
 use crate::runner::{get_run, list_runs, run_pipeline_file, PipelineRun, RunOptions};
 use crate::store::{DatasetVersion, FeatureStore, IngestOptions, SchemaSpec, SourceFormat};
 use crate::tracking::Tracker;
-use crate::training::{train_from_dataset, TrackingOptions, TrainSpec};
 use crate::train::Task;
+use crate::training::{train_from_dataset, TrackingOptions, TrainSpec};
 
 /// Where the feature store is, and the output format.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Feature-store directory (`ingest` creates it).
+    /// Feature-store directory, or URL (`s3://bucket/prefix`, `gs://...`, `az://...`,
+    /// `file:///...`; credentials from the provider's environment variables). `ingest` creates it.
     #[arg(long, env = "NEREID_FEATURE_STORE", default_value = "feature-store")]
-    pub store: PathBuf,
+    pub store: String,
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
@@ -231,9 +232,9 @@ pub enum PipelineCommand {
 pub struct PipelineRunArgs {
     /// The pipeline TOML file.
     pub file: PathBuf,
-    /// Override the file's feature store.
+    /// Override the file's feature store (directory or URL).
     #[arg(long)]
-    pub store: Option<PathBuf>,
+    pub store: Option<String>,
     /// Override the file's runs directory.
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
@@ -274,7 +275,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 fn open_store(args: &StoreArgs) -> anyhow::Result<FeatureStore> {
-    FeatureStore::open(&args.store)
+    FeatureStore::open_at(&args.store)
         .with_context(|| "opening the feature store (--store / NEREID_FEATURE_STORE)")
 }
 
@@ -318,7 +319,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             .map(str::to_string)
             .context("cannot derive a dataset name from the file name; pass --name")?,
     };
-    let store = FeatureStore::open_or_create(&a.common.store)?;
+    let store = FeatureStore::open_or_create_at(&a.common.store)?;
     let mut opts = IngestOptions::new(name);
     opts.format = a.format;
     opts.description = a.description.clone();
@@ -386,7 +387,7 @@ fn versions(a: VersionsArgs) -> anyhow::Result<()> {
                 return print_json(&list);
             }
             if rows.is_empty() {
-                println!("no datasets in {}", store.root().display());
+                println!("no datasets in {}", store.location());
             }
             println!(
                 "{:<24} {:>8}  {:<14} CREATED",
@@ -403,7 +404,7 @@ fn versions(a: VersionsArgs) -> anyhow::Result<()> {
         Some(name) => {
             let history = store.history(name)?;
             if history.is_empty() {
-                bail!("no dataset `{name}` in {}", store.root().display());
+                bail!("no dataset `{name}` in {}", store.location());
             }
             let mut out = Vec::new();
             for e in &history {

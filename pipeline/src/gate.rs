@@ -114,8 +114,11 @@ impl From<SplitMetrics> for EvalMetrics {
     }
 }
 
+/// Reads one metric; `None` where the task has no such metric.
+type PickMetric = fn(&EvalMetrics) -> Option<f64>;
+
 /// The metrics a gate can decide on: name, value, and whether higher is better.
-const GATE_METRICS: &[(&str, fn(&EvalMetrics) -> Option<f64>, bool)] = &[
+const GATE_METRICS: &[(&str, PickMetric, bool)] = &[
     ("accuracy", |m| m.accuracy, true),
     ("loss", |m| Some(m.loss), false),
     ("rmse", |m| m.rmse, false),
@@ -233,7 +236,6 @@ pub fn published_version_with(repo: &Path, model: &str, sha256: &str) -> Result<
     Ok(None)
 }
 
-
 /// The spec a published version runs under: its `lineage.json` if we wrote it, else the model's
 /// `config.pbtxt` parameters.
 fn published_spec(
@@ -266,7 +268,9 @@ fn published_task(repo: &Path, model: &str, version: u64) -> Option<Task> {
         .join(version.to_string())
         .join(LINEAGE_FILE);
     let text = std::fs::read(path).ok()?;
-    serde_json::from_slice::<Lineage>(&text).ok().map(|l| l.task)
+    serde_json::from_slice::<Lineage>(&text)
+        .ok()
+        .map(|l| l.task)
 }
 
 /// Evaluates the candidate in `candidate_dir` and the current version of `model` in `repo` on
@@ -306,7 +310,10 @@ pub fn evaluate(
     let outside = |r: usize| GateError::Invalid(format!("test row {r} is outside the dataset"));
     let mut x = Vec::with_capacity(info.test_rows.len() * n);
     for &r in &info.test_rows {
-        let row = data.features.get(r * n..(r + 1) * n).ok_or_else(|| outside(r))?;
+        let row = data
+            .features
+            .get(r * n..(r + 1) * n)
+            .ok_or_else(|| outside(r))?;
         x.extend_from_slice(row);
     }
     let rows = info.test_rows.len();
@@ -341,7 +348,9 @@ pub fn evaluate(
                 }
                 if let Some(theirs) = published_task(repo, model, version) {
                     if theirs != task {
-                        return Err(format!("it is a {theirs} model, the candidate a {task} model"));
+                        return Err(format!(
+                            "it is a {theirs} model, the candidate a {task} model"
+                        ));
                     }
                 }
                 if task == Task::Classification {

@@ -40,11 +40,13 @@
 pub mod cli;
 pub mod gate;
 pub mod join;
+pub mod location;
 pub mod mlflow;
 pub mod model;
 pub mod profile;
 pub mod publish;
 pub mod runner;
+pub mod storage;
 pub mod store;
 pub mod tracking;
 pub mod train;

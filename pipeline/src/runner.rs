@@ -164,8 +164,9 @@ pub struct PipelineFile {
     pub name: String,
     #[serde(default)]
     pub model: Option<String>,
+    /// Feature-store directory or URL (`s3://...`, see [`crate::location`]).
     #[serde(default = "default_store")]
-    pub store: PathBuf,
+    pub store: String,
     #[serde(default = "default_runs")]
     pub runs: PathBuf,
     #[serde(default = "default_repository")]
@@ -182,7 +183,7 @@ pub struct PipelineFile {
     pub steps: Vec<StepDecl>,
 }
 
-fn default_store() -> PathBuf {
+fn default_store() -> String {
     "feature-store".into()
 }
 fn default_runs() -> PathBuf {
@@ -301,7 +302,7 @@ pub enum StepOutput {
         dataset_version: String,
         metrics: BTreeMap<String, f64>,
     },
-    Evaluation(Evaluation),
+    Evaluation(Box<Evaluation>),
     Gate(GateResult),
     Publish {
         published: Option<Published>,
@@ -340,7 +341,11 @@ impl StepOutput {
                     .collect::<Vec<_>>();
                 format!(
                     "run {run_id}: test {}",
-                    if test.is_empty() { "-".to_string() } else { test.join(" ") }
+                    if test.is_empty() {
+                        "-".to_string()
+                    } else {
+                        test.join(" ")
+                    }
                 )
             }
             StepOutput::Evaluation(e) => format!(
@@ -477,7 +482,7 @@ impl PipelineRun {
 /// Overrides for one run (the CLI's flags).
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    pub store: Option<PathBuf>,
+    pub store: Option<String>,
     pub runs: Option<PathBuf>,
     pub repository: Option<PathBuf>,
     pub mlflow_uri: Option<String>,
@@ -702,7 +707,7 @@ fn model_input(inputs: &Inputs<'_>) -> Result<(PathBuf, String), StepError> {
 
 fn evaluation_input<'a>(inputs: &Inputs<'a>) -> Result<&'a Evaluation, StepError> {
     one(inputs, "an evaluation", |o| match o {
-        StepOutput::Evaluation(e) => Some(e),
+        StepOutput::Evaluation(e) => Some(&**e),
         _ => None,
     })
 }
@@ -745,7 +750,7 @@ impl Context<'_> {
             Params::Ingest(p) => {
                 let (sha, _) =
                     sha256_file(&p.source).map_err(|e| format!("{}: {e}", p.source.display()))?;
-                serde_json::json!({ "source_sha256": sha, "store": self.store.root() })
+                serde_json::json!({ "source_sha256": sha, "store": self.store.location() })
             }
             Params::Join(p) => {
                 // Resolve every reference now: a new version of an input means a new join.
@@ -803,7 +808,7 @@ impl Context<'_> {
                 })
             }
             Params::Ingest(p) => {
-                let store = FeatureStore::open_or_create(self.store.root())?;
+                let store = self.store.clone();
                 let mut opts = IngestOptions::new(&p.dataset);
                 opts.format = p.format;
                 opts.description = p.description.clone();
@@ -921,7 +926,7 @@ impl Context<'_> {
                 let (dir, _) = model_input(inputs)?;
                 let model = decl.model.as_deref().unwrap_or_default();
                 let e = gate::evaluate(&self.store, &dir, &self.repository, model)?;
-                Ok(StepOutput::Evaluation(e))
+                Ok(StepOutput::Evaluation(Box::new(e)))
             }
             Params::Gate(cfg) => {
                 let e = evaluation_input(inputs)?;
@@ -1048,12 +1053,14 @@ pub fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Pipelin
     say(&format!("run {run_id} of {}", pipeline.file.display()));
 
     // The store is created by an ingest step if it does not exist yet.
-    let store = match FeatureStore::open(&store_root) {
+    let store = match FeatureStore::open_at(&store_root) {
         Ok(s) => s,
-        Err(_) => FeatureStore::open_or_create(&store_root).map_err(|e| RunnerError::Invalid {
-            path: pipeline.file.clone(),
-            message: format!("feature store {}: {e}", store_root.display()),
-        })?,
+        Err(_) => {
+            FeatureStore::open_or_create_at(&store_root).map_err(|e| RunnerError::Invalid {
+                path: pipeline.file.clone(),
+                message: format!("feature store {store_root}: {e}"),
+            })?
+        }
     };
     let ctx = Context {
         pipeline,

@@ -1,8 +1,12 @@
 //! The feature store: immutable, content-addressed dataset versions kept as Parquet, with a small
 //! catalog of separate files.
 //!
-//! Layout of a store directory (every file is created whole: temporary file, fsync, then rename
-//! or link):
+//! A store lives in a local directory or under an object-storage prefix (`s3://`, `gs://`,
+//! `az://`, `file://`; see [`crate::location`]), through the same code: [`crate::storage`] gives
+//! both the three operations this layout needs (read, create-if-absent, list).
+//!
+//! Layout (every file is created whole and never rewritten: locally a temporary file, fsync, then
+//! a hard link; on object storage a `PutMode::Create` upload):
 //!
 //! ```text
 //! STORE                              marker: {"format": 1}
@@ -12,28 +16,26 @@
 //! ```
 //!
 //! Data flow of a new version: source file (CSV / Parquet / JSON lines) -> Arrow `RecordBatch`
-//! (arrow-rs readers; schema inferred or given) -> Parquet written under `objects/.staging-*` ->
-//! id = SHA-256 over the sorted `(file, sha256, size)` list -> staging renamed to `objects/<id>`
-//! -> `versions/<id>.json` created (fails if it exists: entries are never rewritten) -> index
-//! entry `datasets/<name>/<seq>.json` created with `O_EXCL` semantics (a writer that loses the race
-//! for `<seq>` takes the next number). A crash at any point leaves at most unreferenced objects;
-//! the catalog never references a half-written version. Ingesting identical content again yields
-//! the same id and reuses the stored files and entry.
+//! (arrow-rs readers; schema inferred or given) -> Parquet encoded in memory -> id = SHA-256 over
+//! the sorted `(file, sha256, size)` list -> `objects/<id>/data.parquet` created (if it already
+//! exists, its hash is checked instead) -> `versions/<id>.json` created (never rewritten) ->
+//! index entry `datasets/<name>/<seq>.json` created if absent (a writer that loses the race for
+//! `<seq>` takes the next number). A crash at any point leaves at most unreferenced objects; the
+//! catalog never references a half-written version. Ingesting identical content again yields the
+//! same id and reuses the stored files and entry.
 //!
 //! Concurrency: any number of processes may read and write one store; nothing is locked and
-//! nothing is updated in place, which is also what makes the layout work on object storage
-//! (`PutMode::Create` for entries and index files). Only the local-directory store is implemented
-//! here; an `object_store` backend needs the same three operations (put-if-absent, get, list).
+//! nothing is updated in place, so create-if-absent is the only guarantee the storage must give
+//! (S3 gives it with conditional puts, `If-None-Match`).
 //!
 //! References to versions (`resolve`): `NAME` (latest), `NAME@SEQ` (the SEQ-th, 1-based),
 //! `NAME@ID-PREFIX`, or an id prefix of at least 6 hex digits.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchReader};
@@ -46,10 +48,10 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::location::{Location, LocationError};
 use crate::profile::{profile_batch, profiles_match, Profile};
-use crate::util::{
-    create_new_atomic, is_safe_name, now_rfc3339, sha256_file, sha256_hex, sync_dir, to_json_pretty,
-};
+use crate::storage::Storage;
+use crate::util::{is_safe_name, now_rfc3339, sha256_file, sha256_hex, to_json_pretty};
 
 /// Version of the on-disk layout.
 pub const STORE_FORMAT: u32 = 1;
@@ -68,6 +70,9 @@ const BATCH_ROWS: usize = 64 * 1024;
 pub enum StoreError {
     #[error("{} is not a feature store (no {MARKER} file); `nereid features ingest` creates one", .0.display())]
     NotAStore(PathBuf),
+
+    #[error(transparent)]
+    Location(#[from] LocationError),
 
     #[error("{} holds feature-store format {found}, this build reads format {STORE_FORMAT}", path.display())]
     UnsupportedFormat { path: PathBuf, found: u32 },
@@ -384,23 +389,65 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
-/// A feature store rooted at a local directory.
+/// A feature store in a local directory or under an object-storage prefix.
 #[derive(Debug, Clone)]
 pub struct FeatureStore {
-    root: PathBuf,
+    storage: Arc<Storage>,
 }
 
 impl FeatureStore {
-    /// Opens an existing store.
+    /// Opens an existing store in a local directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<FeatureStore> {
-        let root = root.into();
-        let marker = root.join(MARKER);
-        let text = match fs::read(&marker) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotAStore(root))
+        FeatureStore::open_location(Location::Local(root.into()))
+    }
+
+    /// Opens the store in a local directory, creating an empty one if there is none.
+    pub fn open_or_create(root: impl Into<PathBuf>) -> Result<FeatureStore> {
+        FeatureStore::open_or_create_location(Location::Local(root.into()))
+    }
+
+    /// Opens an existing store at a path or URL (see [`crate::location`]).
+    pub fn open_at(location: &str) -> Result<FeatureStore> {
+        FeatureStore::open_location(Location::parse(location)?)
+    }
+
+    /// Opens the store at a path or URL, creating an empty one if there is none.
+    pub fn open_or_create_at(location: &str) -> Result<FeatureStore> {
+        FeatureStore::open_or_create_location(Location::parse(location)?)
+    }
+
+    /// Opens an existing store.
+    pub fn open_location(location: Location) -> Result<FeatureStore> {
+        let storage = Storage::new(location).map_err(io_err(Path::new("tokio runtime")))?;
+        FeatureStore::open_storage(Arc::new(storage))
+    }
+
+    /// Opens the store, creating an empty one if there is none.
+    pub fn open_or_create_location(location: Location) -> Result<FeatureStore> {
+        let storage = Storage::new(location).map_err(io_err(Path::new("tokio runtime")))?;
+        let root = PathBuf::from(storage.describe_root());
+        storage
+            .create_dirs(&[OBJECTS, VERSIONS, DATASETS])
+            .map_err(io_err(&root))?;
+        // Racing creators write the same bytes; whichever wins, the marker is whole.
+        storage
+            .create(
+                MARKER,
+                format!("{{\"format\": {STORE_FORMAT}}}\n").as_bytes(),
+            )
+            .map_err(io_err(&storage.describe(MARKER)))?;
+        FeatureStore::open_storage(Arc::new(storage))
+    }
+
+    fn open_storage(storage: Arc<Storage>) -> Result<FeatureStore> {
+        let marker = storage.describe(MARKER);
+        let text = match storage.read(MARKER).map_err(io_err(&marker))? {
+            Some(text) => text,
+            None => {
+                return Err(StoreError::NotAStore(PathBuf::from(
+                    storage.describe_root(),
+                )))
             }
-            Err(e) => return Err(io_err(&marker)(e)),
         };
         #[derive(Deserialize)]
         struct Marker {
@@ -412,40 +459,49 @@ impl FeatureStore {
         })?;
         if m.format != STORE_FORMAT {
             return Err(StoreError::UnsupportedFormat {
-                path: root,
+                path: PathBuf::from(storage.describe_root()),
                 found: m.format,
             });
         }
-        Ok(FeatureStore { root })
+        Ok(FeatureStore { storage })
     }
 
-    /// Opens the store at `root`, creating an empty one if there is none.
-    pub fn open_or_create(root: impl Into<PathBuf>) -> Result<FeatureStore> {
-        let root = root.into();
-        for dir in [OBJECTS, VERSIONS, DATASETS] {
-            let path = root.join(dir);
-            fs::create_dir_all(&path).map_err(io_err(&path))?;
-        }
-        let marker = root.join(MARKER);
-        // Racing creators write the same bytes; whichever wins, the marker is whole.
-        create_new_atomic(
-            &marker,
-            format!("{{\"format\": {STORE_FORMAT}}}\n").as_bytes(),
-        )
-        .map_err(io_err(&marker))?;
-        FeatureStore::open(root)
+    /// The store's directory or URL, as given.
+    pub fn location(&self) -> String {
+        self.storage.describe_root()
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The store's directory, for a local store.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.storage.local_root()
     }
 
-    fn object_dir(&self, id: &str) -> PathBuf {
-        self.root.join(OBJECTS).join(id)
+    fn object_key(id: &str, file: &str) -> String {
+        format!("{OBJECTS}/{id}/{file}")
     }
 
-    fn entry_path(&self, id: &str) -> PathBuf {
-        self.root.join(VERSIONS).join(format!("{id}.json"))
+    fn entry_key(id: &str) -> String {
+        format!("{VERSIONS}/{id}.json")
+    }
+
+    /// Reads a catalog file; `None` when it does not exist.
+    fn read_file(&self, key: &str) -> Result<Option<bytes::Bytes>> {
+        self.storage
+            .read(key)
+            .map_err(io_err(&self.storage.describe(key)))
+    }
+
+    /// Creates a file unless it exists; `true` if this call created it.
+    fn create_file(&self, key: &str, contents: &[u8]) -> Result<bool> {
+        self.storage
+            .create(key, contents)
+            .map_err(io_err(&self.storage.describe(key)))
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        self.storage
+            .list(dir)
+            .map_err(io_err(&self.storage.describe(dir)))
     }
 
     /// Reads a source file and stores it as a new version (or reuses identical content).
@@ -511,50 +567,24 @@ impl FeatureStore {
             self.get(parent)?;
         }
 
-        // 1. Data into a private staging folder; its hash names the version.
-        static STAGING: AtomicU64 = AtomicU64::new(0);
-        let staging = self.root.join(OBJECTS).join(format!(
-            ".staging-{}-{}",
-            std::process::id(),
-            STAGING.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = self.stage(&staging, batch);
-        let files = match result {
-            Ok(files) => files,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(e);
-            }
-        };
+        // 1. The data as Parquet; its hash names the version.
+        let data = encode_parquet(batch)?;
+        let files = vec![FileEntry {
+            path: DATA_FILE.to_string(),
+            sha256: sha256_hex(&data),
+            bytes: data.len() as u64,
+        }];
         let id = manifest_id(&files);
 
-        // 2. Move it into place, unless identical content is already there.
-        let target = self.object_dir(&id);
-        let new_content = if target.exists() {
-            let _ = fs::remove_dir_all(&staging);
+        // 2. Stored under its id, unless identical content is already there.
+        let new_content = self.create_file(&Self::object_key(&id, DATA_FILE), &data)?;
+        if !new_content {
             // Never silently build on damaged files.
-            let problems = check_files(&target, &files);
+            let problems = self.check_files(&id, &files);
             if !problems.is_empty() {
                 return Err(StoreError::Corrupt { id, problems });
             }
-            false
-        } else {
-            match fs::rename(&staging, &target) {
-                Ok(()) => {
-                    sync_dir(&self.root.join(OBJECTS)).map_err(io_err(&target))?;
-                    true
-                }
-                // Another writer stored the same content first.
-                Err(_) if target.exists() => {
-                    let _ = fs::remove_dir_all(&staging);
-                    false
-                }
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&staging);
-                    return Err(io_err(&target)(e));
-                }
-            }
-        };
+        }
 
         // 3. The catalog entry, created once.
         let schema = batch
@@ -580,10 +610,7 @@ impl FeatureStore {
             files,
             profile: profile_batch(batch)?,
         };
-        let entry_path = self.entry_path(&id);
-        let version = if create_new_atomic(&entry_path, &to_json_pretty(&entry))
-            .map_err(io_err(&entry_path))?
-        {
+        let version = if self.create_file(&Self::entry_key(&id), &to_json_pretty(&entry))? {
             entry
         } else {
             self.get_exact(&id)?
@@ -608,32 +635,8 @@ impl FeatureStore {
         })
     }
 
-    fn stage(&self, staging: &Path, batch: &RecordBatch) -> Result<Vec<FileEntry>> {
-        fs::create_dir(staging).map_err(io_err(staging))?;
-        let path = staging.join(DATA_FILE);
-        let file = File::create(&path).map_err(io_err(&path))?;
-        // Fixed properties: the bytes (hence the id) depend only on the data and this build.
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(BATCH_ROWS))
-            .build();
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-        writer.write(batch)?;
-        let file = writer.into_inner()?;
-        file.sync_all().map_err(io_err(&path))?;
-        sync_dir(staging).map_err(io_err(staging))?;
-        let (sha256, bytes) = sha256_file(&path).map_err(io_err(&path))?;
-        Ok(vec![FileEntry {
-            path: DATA_FILE.to_string(),
-            sha256,
-            bytes,
-        }])
-    }
-
     /// Adds `datasets/<name>/<seq>.json`, taking the next free number after `after`.
     fn append_index(&self, name: &str, id: &str, after: u64) -> Result<u64> {
-        let dir = self.root.join(DATASETS).join(name);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let mut seq = after + 1;
         loop {
             let entry = IndexEntry {
@@ -642,8 +645,8 @@ impl FeatureStore {
                 id: id.to_string(),
                 created_at: now_rfc3339(),
             };
-            let path = dir.join(format!("{seq:010}.json"));
-            if create_new_atomic(&path, &to_json_pretty(&entry)).map_err(io_err(&path))? {
+            let key = format!("{DATASETS}/{name}/{seq:010}.json");
+            if self.create_file(&key, &to_json_pretty(&entry))? {
                 return Ok(seq);
             }
             // Lost the race for this number to another writer: take the next one.
@@ -653,11 +656,9 @@ impl FeatureStore {
 
     /// Names of all datasets, sorted.
     pub fn datasets(&self) -> Result<Vec<String>> {
-        let dir = self.root.join(DATASETS);
-        let mut names: Vec<String> = fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        let mut names: Vec<String> = self
+            .list(DATASETS)?
+            .into_iter()
             .filter(|n| is_safe_name(n))
             .collect();
         names.sort();
@@ -669,25 +670,25 @@ impl FeatureStore {
         if !is_safe_name(name) {
             return Err(StoreError::InvalidName(name.to_string()));
         }
-        let dir = self.root.join(DATASETS).join(name);
-        let read = match fs::read_dir(&dir) {
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
+        let dir = format!("{DATASETS}/{name}");
         let mut entries = Vec::new();
-        for item in read.flatten() {
-            let file_name = item.file_name();
-            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+        for file_name in self.list(&dir)? {
+            let Some(stem) = file_name.strip_suffix(".json") else {
                 continue;
             };
             if stem.starts_with('.') || stem.parse::<u64>().is_err() {
                 continue;
             }
-            let path = item.path();
-            let text = fs::read(&path).map_err(io_err(&path))?;
-            let entry: IndexEntry = serde_json::from_slice(&text)
-                .map_err(|source| StoreError::BadEntry { path, source })?;
+            let key = format!("{dir}/{file_name}");
+            // Listed, so it exists: entries are never removed.
+            let Some(text) = self.read_file(&key)? else {
+                continue;
+            };
+            let entry: IndexEntry =
+                serde_json::from_slice(&text).map_err(|source| StoreError::BadEntry {
+                    path: self.storage.describe(&key),
+                    source,
+                })?;
             entries.push(entry);
         }
         entries.sort_by_key(|e| e.seq);
@@ -706,14 +707,11 @@ impl FeatureStore {
     }
 
     fn all_ids(&self) -> Result<Vec<String>> {
-        let dir = self.root.join(VERSIONS);
-        let mut ids: Vec<String> = fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
+        let mut ids: Vec<String> = self
+            .list(VERSIONS)?
+            .into_iter()
+            .filter_map(|n| {
+                n.strip_suffix(".json")
                     .filter(|n| is_hex_id(n))
                     .map(str::to_string)
             })
@@ -723,15 +721,14 @@ impl FeatureStore {
     }
 
     fn get_exact(&self, id: &str) -> Result<DatasetVersion> {
-        let path = self.entry_path(id);
-        let text = match fs::read(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(id.to_string()))
-            }
-            Err(e) => return Err(io_err(&path)(e)),
+        let key = Self::entry_key(id);
+        let Some(text) = self.read_file(&key)? else {
+            return Err(StoreError::NotFound(id.to_string()));
         };
-        serde_json::from_slice(&text).map_err(|source| StoreError::BadEntry { path, source })
+        serde_json::from_slice(&text).map_err(|source| StoreError::BadEntry {
+            path: self.storage.describe(&key),
+            source,
+        })
     }
 
     /// The version with this full id or unique id prefix.
@@ -801,13 +798,14 @@ impl FeatureStore {
     }
 
     fn read_inner(&self, version: &DatasetVersion) -> Result<RecordBatch> {
-        let dir = self.object_dir(&version.id);
         let mut batches = Vec::new();
         let mut schema = None;
         for file in &version.files {
-            let path = dir.join(&file.path);
-            let f = File::open(&path).map_err(io_err(&path))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(f)?
+            let key = Self::object_key(&version.id, &file.path);
+            let data = self.read_file(&key)?.ok_or_else(|| {
+                io_err(&self.storage.describe(&key))(std::io::ErrorKind::NotFound.into())
+            })?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(data)?
                 .with_batch_size(BATCH_ROWS)
                 .build()?;
             schema.get_or_insert_with(|| reader.schema());
@@ -825,17 +823,15 @@ impl FeatureStore {
     /// Re-hashes a version's files and re-derives its id, rows, schema and profile; any
     /// difference from the catalog entry is reported (the entry itself is never changed).
     pub fn verify(&self, version: &DatasetVersion) -> VerifyReport {
-        let dir = self.object_dir(&version.id);
-        let mut problems = check_files(&dir, &version.files);
+        let mut problems = self.check_files(&version.id, &version.files);
         let expected = manifest_id(&version.files);
         if expected != version.id {
             problems.push(format!(
                 "the entry's file list hashes to {expected}, not to its id"
             ));
         }
-        if let Ok(read) = fs::read_dir(&dir) {
-            for extra in read.flatten() {
-                let name = extra.file_name().to_string_lossy().into_owned();
+        if let Ok(names) = self.list(&format!("{OBJECTS}/{}", version.id)) {
+            for name in names {
                 if !version.files.iter().any(|f| f.path == name) {
                     problems.push(format!("unexpected file {name}"));
                 }
@@ -925,26 +921,43 @@ pub fn manifest_id(files: &[FileEntry]) -> String {
     sha256_hex(manifest.as_bytes())
 }
 
-fn check_files(dir: &Path, files: &[FileEntry]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for f in files {
-        let path = dir.join(&f.path);
-        match sha256_file(&path) {
-            Err(e) => problems.push(format!("{}: {e}", f.path)),
-            Ok((sha, bytes)) => {
-                if bytes != f.bytes {
-                    problems.push(format!("{}: {bytes} bytes, expected {}", f.path, f.bytes));
-                }
-                if sha != f.sha256 {
-                    problems.push(format!(
-                        "{}: sha256 {sha}, expected {} (modified after it was stored)",
-                        f.path, f.sha256
-                    ));
+/// Parquet bytes of `batch`, with fixed writer properties: the bytes (hence the id) depend only
+/// on the data and this build.
+fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(BATCH_ROWS))
+        .build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    Ok(writer.into_inner()?)
+}
+
+impl FeatureStore {
+    /// Problems with a version's stored files: missing, wrong size or hash.
+    fn check_files(&self, id: &str, files: &[FileEntry]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for f in files {
+            let key = Self::object_key(id, &f.path);
+            match self.storage.read(&key) {
+                Err(e) => problems.push(format!("{}: {e}", f.path)),
+                Ok(None) => problems.push(format!("{}: missing", f.path)),
+                Ok(Some(data)) => {
+                    let (sha, bytes) = (sha256_hex(&data), data.len() as u64);
+                    if bytes != f.bytes {
+                        problems.push(format!("{}: {bytes} bytes, expected {}", f.path, f.bytes));
+                    }
+                    if sha != f.sha256 {
+                        problems.push(format!(
+                            "{}: sha256 {sha}, expected {} (modified after it was stored)",
+                            f.path, f.sha256
+                        ));
+                    }
                 }
             }
         }
+        problems
     }
-    problems
 }
 
 fn check_column_names(schema: &Schema, path: &Path) -> Result<()> {

@@ -530,7 +530,12 @@ pub fn train_classifier(
     n_classes: usize,
     cfg: &TrainConfig,
 ) -> Result<TrainedModel, TrainError> {
-    train(features, n_features, Targets::Classes { labels, n_classes }, cfg)
+    train(
+        features,
+        n_features,
+        Targets::Classes { labels, n_classes },
+        cfg,
+    )
 }
 
 /// Trains a regressor on `features` (row-major, `n_features` per row) and `values`
@@ -542,7 +547,12 @@ pub fn train_regressor(
     n_outputs: usize,
     cfg: &TrainConfig,
 ) -> Result<TrainedModel, TrainError> {
-    train(features, n_features, Targets::Values { values, n_outputs }, cfg)
+    train(
+        features,
+        n_features,
+        Targets::Values { values, n_outputs },
+        cfg,
+    )
 }
 
 /// Trains a model for `targets` on `features` (row-major, `n_features` per row).
@@ -1204,11 +1214,17 @@ mod tests {
             ..TrainConfig::default()
         };
         let mlp = train_regressor(&features, 2, &values, 1, &mlp_cfg).expect("mlp");
-        assert_eq!(mlp.spec, ArchitectureSpec::mlp(Activation::Relu, OutputActivation::None));
+        assert_eq!(
+            mlp.spec,
+            ArchitectureSpec::mlp(Activation::Relu, OutputActivation::None)
+        );
         let (linear_rmse, _, _) = regression_metrics(&linear.metrics.test.expect("test"));
         let (mlp_rmse, _, mlp_r2) = regression_metrics(&mlp.metrics.test.expect("test"));
         assert!(mlp_r2 > 0.98, "{:?}", mlp.metrics);
-        assert!(mlp_rmse < linear_rmse / 2.0, "mlp {mlp_rmse} vs linear {linear_rmse}");
+        assert!(
+            mlp_rmse < linear_rmse / 2.0,
+            "mlp {mlp_rmse} vs linear {linear_rmse}"
+        );
     }
 
     #[test]
@@ -1279,8 +1295,7 @@ mod tests {
         let cfg = TrainConfig::default();
         let err = train_regressor(&[1.0, 2.0], 1, &[1.0], 1, &cfg).expect_err("length");
         assert!(err.to_string().contains("need 2 target values"), "{err}");
-        let err =
-            train_regressor(&[1.0, 2.0], 1, &[1.0, f32::INFINITY], 1, &cfg).expect_err("inf");
+        let err = train_regressor(&[1.0, 2.0], 1, &[1.0, f32::INFINITY], 1, &cfg).expect_err("inf");
         assert!(err.to_string().contains("targets must be finite"), "{err}");
         let err = train_regressor(&[1.0], 1, &[], 0, &cfg).expect_err("outputs");
         assert!(err.to_string().contains("at least 1 output"), "{err}");

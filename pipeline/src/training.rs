@@ -32,7 +32,9 @@ use crate::profile::{profile_batch, Profile};
 use crate::publish::LABELS_FILE;
 use crate::store::{FeatureStore, StoreError};
 use crate::tracking::{CodeRevision, MetricPoint, RunRecord, RunStatus, Tracker, TrackingError};
-use crate::train::{train, Metrics, SplitMetrics, Targets, Task, TrainConfig, TrainError, TrainedModel};
+use crate::train::{
+    train, Metrics, SplitMetrics, Targets, Task, TrainConfig, TrainError, TrainedModel,
+};
 use crate::util::{to_json_pretty, write_atomic};
 
 /// Weights file of a run.
@@ -252,11 +254,17 @@ impl TargetData {
         let device = &candle_core::Device::Cpu;
         Some(match self {
             TargetData::Classes { labels, .. } => {
-                let y: Vec<u32> = rows.iter().map(|&r| labels.get(r).copied()).collect::<Option<_>>()?;
+                let y: Vec<u32> = rows
+                    .iter()
+                    .map(|&r| labels.get(r).copied())
+                    .collect::<Option<_>>()?;
                 candle_core::Tensor::from_vec(y, rows.len(), device)
             }
             TargetData::Values(values) => {
-                let y: Vec<f32> = rows.iter().map(|&r| values.get(r).copied()).collect::<Option<_>>()?;
+                let y: Vec<f32> = rows
+                    .iter()
+                    .map(|&r| values.get(r).copied())
+                    .collect::<Option<_>>()?;
                 candle_core::Tensor::from_vec(y, (rows.len(), 1), device)
             }
         })
@@ -404,8 +412,8 @@ fn class_targets(
 ) -> Result<TargetData, TrainingError> {
     let (classes, label_of): (Vec<String>, Vec<String>) = match label_array.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let s = cast(label_array, &DataType::Utf8)
-                .map_err(|e| data_err(dataset, e.to_string()))?;
+            let s =
+                cast(label_array, &DataType::Utf8).map_err(|e| data_err(dataset, e.to_string()))?;
             let s = s.as_string::<i32>();
             let values: Vec<String> = rows.iter().map(|&i| s.value(i).to_string()).collect();
             let mut classes = values.clone();

@@ -1,6 +1,7 @@
 //! Feature store: ingestion, content addressing, verification and tampering, lineage, bad inputs
-//! (with the catalog left unchanged), concurrent writers, diff, and point-in-time joins checked
-//! against hand-computed results.
+//! (with the catalog left unchanged), concurrent writers, diff, point-in-time joins checked
+//! against hand-computed results, and the same store on object storage (in memory and through a
+//! `file://` URL: the code path S3, GCS and Azure take).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 use nereid_pipeline::join::{build_training_set, point_in_time_join, FeatureView, JoinSpec};
+use nereid_pipeline::location::{Location, ObjectLocation};
 use nereid_pipeline::profile::diff_profiles;
 use nereid_pipeline::store::{Derivation, FeatureStore, IngestOptions, SchemaSpec, StoreError};
 
@@ -102,13 +104,13 @@ fn ingest_version_verify_then_tampering_is_detected() {
     assert!(store.verify_all().expect("verify all").iter().all(|r| r.ok));
 
     // Re-ingesting the same file changes nothing.
-    let before = snapshot(store.root());
+    let before = snapshot(store.local_root().expect("a local store"));
     let again = store
         .ingest(&csv, &IngestOptions::new("customers"))
         .expect("re-ingest");
     assert_eq!(again.version.id, v.id);
     assert!(!again.new_content && !again.new_index_entry);
-    assert_eq!(snapshot(store.root()), before);
+    assert_eq!(snapshot(store.local_root().expect("a local store")), before);
 
     // New content becomes a new version; the old one is untouched.
     let csv2 = write(
@@ -142,7 +144,8 @@ fn ingest_version_verify_then_tampering_is_detected() {
 
     // Tampering with the data file is caught.
     let data = store
-        .root()
+        .local_root()
+        .expect("a local store")
         .join("objects")
         .join(&v.id)
         .join("data.parquet");
@@ -165,7 +168,8 @@ fn ingest_version_verify_then_tampering_is_detected() {
 
     // Tampering with the catalog entry's statistics is caught too.
     let entry_path = store
-        .root()
+        .local_root()
+        .expect("a local store")
         .join("versions")
         .join(format!("{}.json", c2.version.id));
     let text = std::fs::read_to_string(&entry_path).expect("entry");
@@ -220,7 +224,12 @@ fn ids_and_lineage_are_stable_across_stores_and_formats() {
     );
     let vj = a.ingest(&jsonl, &opts).expect("jsonl").version;
     assert_eq!(vj.id, va.id);
-    let parquet = a.root().join("objects").join(&va.id).join("data.parquet");
+    let parquet = a
+        .local_root()
+        .expect("a local store")
+        .join("objects")
+        .join(&va.id)
+        .join("data.parquet");
     let copy = tmp.path().join("copy.parquet");
     std::fs::copy(&parquet, &copy).expect("copy");
     let vp = b
@@ -290,7 +299,7 @@ fn bad_inputs_fail_clearly_and_leave_the_catalog_unchanged() {
     store
         .ingest(&good, &IngestOptions::new("customers"))
         .expect("good");
-    let before = snapshot(store.root());
+    let before = snapshot(store.local_root().expect("a local store"));
 
     let check = |file: &str, text: &str, opts: IngestOptions, expect: &[&str]| {
         let path = write(tmp.path(), file, text);
@@ -299,7 +308,11 @@ fn bad_inputs_fail_clearly_and_leave_the_catalog_unchanged() {
         for e in expect {
             assert!(msg.contains(e), "{file}: `{msg}` should mention `{e}`");
         }
-        assert_eq!(snapshot(store.root()), before, "{file} changed the store");
+        assert_eq!(
+            snapshot(store.local_root().expect("a local store")),
+            before,
+            "{file} changed the store"
+        );
         println!("{file}: {msg}");
         msg
     };
@@ -441,6 +454,152 @@ fn concurrent_writers_keep_the_catalog_consistent() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty());
+}
+
+/// Overwrites a version's data file behind the store's back: `tamper(id, bytes)`.
+type Tamper = Box<dyn Fn(&str, &'static [u8])>;
+
+/// Two object locations: a prefix of an in-memory store, and a `file://` URL (object_store's
+/// LocalFileSystem), each with its [`Tamper`].
+fn object_locations(dir: &Path) -> Vec<(Location, Tamper)> {
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let in_memory = Location::Object(ObjectLocation {
+        store: memory.clone(),
+        prefix: object_store::path::Path::from("team/features"),
+        url: "memory://team/features".into(),
+        local_dir: None,
+    });
+    let tamper_memory = move |id: &str, bytes: &'static [u8]| {
+        use object_store::ObjectStoreExt;
+        let path =
+            object_store::path::Path::from(format!("team/features/objects/{id}/data.parquet"));
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(memory.put(&path, bytes.into()))
+            .expect("overwrite");
+    };
+    let file_dir = dir.join("bucket");
+    let file_url = Location::parse(&format!("file://{}", file_dir.display())).expect("file URL");
+    let tamper_file = move |id: &str, bytes: &'static [u8]| {
+        std::fs::write(
+            file_dir.join("objects").join(id).join("data.parquet"),
+            bytes,
+        )
+        .expect("overwrite");
+    };
+    vec![
+        (in_memory, Box::new(tamper_memory)),
+        (file_url, Box::new(tamper_file)),
+    ]
+}
+
+#[test]
+fn the_store_works_the_same_on_object_storage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let csv = write(tmp.path(), "customers.csv", CUSTOMERS);
+    let csv2 = write(
+        tmp.path(),
+        "customers2.csv",
+        &format!("{CUSTOMERS}5,40,Paris,10.0\n"),
+    );
+    // The local store's ids: content addressing does not depend on where the store is.
+    let local = FeatureStore::open_or_create(tmp.path().join("local")).expect("local");
+    let local_id = local
+        .ingest(&csv, &IngestOptions::new("customers"))
+        .expect("local ingest")
+        .version
+        .id;
+
+    for (location, tamper) in object_locations(tmp.path()) {
+        let name = location.to_string();
+        assert!(
+            matches!(
+                FeatureStore::open_location(location.clone()),
+                Err(StoreError::NotAStore(_))
+            ),
+            "{name}"
+        );
+        let store = FeatureStore::open_or_create_location(location.clone()).expect("create");
+        assert_eq!(store.location(), name);
+        assert!(store.local_root().is_none());
+
+        let c = store
+            .ingest(&csv, &IngestOptions::new("customers"))
+            .expect("ingest");
+        assert!(c.new_content && c.new_index_entry, "{name}");
+        assert_eq!((c.seq, c.version.rows), (1, 4), "{name}");
+        assert_eq!(c.version.id, local_id, "{name}");
+        let again = store
+            .ingest(&csv, &IngestOptions::new("customers"))
+            .expect("re-ingest");
+        assert!(!again.new_content && !again.new_index_entry, "{name}");
+        let c2 = store
+            .ingest(
+                &csv2,
+                &IngestOptions {
+                    parents: vec![c.version.id.clone()],
+                    ..IngestOptions::new("customers")
+                },
+            )
+            .expect("second version");
+        assert_eq!(c2.seq, 2, "{name}");
+
+        // Another handle (another process) sees the same catalog.
+        let other = FeatureStore::open_location(location.clone()).expect("open");
+        assert_eq!(other.datasets().expect("datasets"), ["customers"]);
+        assert_eq!(other.history("customers").expect("history").len(), 2);
+        assert_eq!(other.resolve("customers@1").expect("@1").id, c.version.id);
+        let latest = other.resolve("customers").expect("latest");
+        assert_eq!(latest.parents, std::slice::from_ref(&c.version.id));
+        assert_eq!(other.read(&latest).expect("read").num_rows(), 5);
+        assert_eq!(other.all_versions().expect("all").len(), 2);
+        assert!(
+            other.verify_all().expect("verify").iter().all(|r| r.ok),
+            "{name}"
+        );
+
+        // Concurrent writers of one dataset: unique, dense sequence numbers.
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let location = location.clone();
+                let f = write(
+                    tmp.path(),
+                    &format!("c{i}.csv"),
+                    &format!("k,v\n{i},{}\n", i * 10),
+                );
+                std::thread::spawn(move || {
+                    FeatureStore::open_location(location)
+                        .expect("open")
+                        .ingest(&f, &IngestOptions::new("events"))
+                        .expect("ingest")
+                        .seq
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 2, 3, 4], "{name}");
+
+        // Tampering with the stored data is found by verify, and never silently reused.
+        tamper(&c.version.id, b"not parquet");
+        let report = store.verify(&c.version);
+        assert!(!report.ok, "{name}");
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("modified after it was stored")),
+            "{name}: {:?}",
+            report.problems
+        );
+        let err = store
+            .ingest(&csv, &IngestOptions::new("customers"))
+            .expect_err("re-ingest over damaged data");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{name}: {err}");
+    }
 }
 
 #[test]

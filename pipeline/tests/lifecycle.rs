@@ -795,7 +795,7 @@ fn the_iris_pipeline_reproduces_the_default_repository_model() {
         .expect("ingest");
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let options = RunOptions {
-        store: Some(ws.path("store")),
+        store: Some(ws.path("store").display().to_string()),
         runs: Some(ws.path("runs")),
         repository: Some(ws.path("repo")),
         quiet: true,
@@ -962,8 +962,14 @@ needs = ["gate"]
     let gate = gate_of(&run);
     assert!(gate.passed, "{gate:?}");
     assert_eq!(gate.baseline_version, Some(1));
-    assert!(gate.candidate < gate.baseline.expect("baseline") / 2.0, "{gate:?}");
-    assert_eq!(model_versions(&ws.path("repo"), "price").expect("v"), [1, 2]);
+    assert!(
+        gate.candidate < gate.baseline.expect("baseline") / 2.0,
+        "{gate:?}"
+    );
+    assert_eq!(
+        model_versions(&ws.path("repo"), "price").expect("v"),
+        [1, 2]
+    );
 
     // The published config: FP32 [3] in, FP32 [1] `PREDICTION` out, no labels file.
     let pbtxt = std::fs::read_to_string(ws.path("repo/price/config.pbtxt")).expect("config");
@@ -991,21 +997,33 @@ needs = ["gate"]
         &candle_core::Device::Cpu,
     )
     .expect("load");
-    let x = candle_core::Tensor::from_slice(&[1.0f32, -1.0, 1.0], (1, 3), &candle_core::Device::Cpu)
-        .expect("x");
-    let y = model.forward(&x).expect("forward").to_vec2::<f32>().expect("y");
+    let x =
+        candle_core::Tensor::from_slice(&[1.0f32, -1.0, 1.0], (1, 3), &candle_core::Device::Cpu)
+            .expect("x");
+    let y = model
+        .forward(&x)
+        .expect("forward")
+        .to_vec2::<f32>()
+        .expect("y");
     let expected = 40.0 + 25.0 + 12.0 + 300.0;
     assert!((y[0][0] - expected).abs() < 10.0, "{y:?} vs {expected}");
 
     // 3. Linear again (another seed) loses to the MLP: not published.
     let run = run_pipeline_file(
-        &pipeline("linear_again", &format!("{linear}\nvalidation_fraction = 0.25"), ""),
+        &pipeline(
+            "linear_again",
+            &format!("{linear}\nvalidation_fraction = 0.25"),
+            "",
+        ),
         &quiet(),
     )
     .expect("linear again");
     assert_eq!(run.status, PipelineStatus::Succeeded);
     assert!(!gate_of(&run).passed);
-    assert_eq!(model_versions(&ws.path("repo"), "price").expect("v"), [1, 2]);
+    assert_eq!(
+        model_versions(&ws.path("repo"), "price").expect("v"),
+        [1, 2]
+    );
 
     // 4. A classification metric on a regression model is a clear configuration error.
     let run = run_pipeline_file(
@@ -1019,7 +1037,9 @@ needs = ["gate"]
         .and_then(|s| s.error.clone())
         .unwrap_or_default();
     assert!(
-        error.contains("gate metric `accuracy` does not apply to a regression model: use loss, rmse, mae, r2"),
+        error.contains(
+            "gate metric `accuracy` does not apply to a regression model: use loss, rmse, mae, r2"
+        ),
         "{error}"
     );
 }

@@ -57,10 +57,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::local::LocalFileSystem;
+use nereid_pipeline::location::{Location, LocationError, ObjectLocation, SCHEMES};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
@@ -77,9 +74,6 @@ const STAGING_PREFIX: &str = ".sync-";
 
 /// The manifest: for each cached file, the fingerprint of the object it was downloaded from.
 const MANIFEST: &str = ".nereid-remote.json";
-
-/// The URL schemes that name a remote repository.
-const SCHEMES: &str = "s3://, gs://, az://, azure://, file://";
 
 /// Why a remote repository could not be opened or mirrored.
 #[derive(Debug, thiserror::Error)]
@@ -138,37 +132,27 @@ pub enum RepositoryLocation {
 }
 
 impl RepositoryLocation {
-    /// Parses `--model-repository`: `s3://`, `gs://`, `az://`, `azure://` and `file://` URLs are
-    /// remote; any other URL-like value (`scheme://...`) is an error; anything else is a local
-    /// path.
-    ///
-    /// Credentials and settings come from the standard environment variables, read by the
-    /// object_store builders' `from_env` (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, ...;
-    /// `GOOGLE_SERVICE_ACCOUNT`, ...; `AZURE_STORAGE_ACCOUNT_NAME`, ...). S3 uses region
-    /// `us-east-1` unless `AWS_REGION` names the bucket's region (it is not discovered). Azure
-    /// needs the account: `az://container@account.blob.core.windows.net/prefix` or
-    /// `AZURE_STORAGE_ACCOUNT_NAME`. Nothing here touches the network (a `file://` directory must
-    /// exist); a wrong bucket or missing credentials show up in the first
-    /// [`RemoteRepository::sync`].
+    /// Parses `--model-repository`: a local path, or an object-storage URL as
+    /// [`nereid_pipeline::location`] reads them (`s3://`, `gs://`, `az://`, `azure://`,
+    /// `file://`; credentials from the providers' environment variables). Nothing here touches the
+    /// network (a `file://` directory must exist); a wrong bucket or missing credentials show up
+    /// in the first [`RemoteRepository::sync`].
     ///
     /// A remote repository gets a default cache directory under the system temp directory, one
     /// per URL (so a restart reuses it); [`RemoteRepository::with_cache_dir`] chooses another.
     pub fn parse(value: &str) -> Result<Self, RemoteError> {
-        match split_scheme(value) {
-            None => Ok(Self::Local(PathBuf::from(value))),
-            Some((scheme, rest)) => RemoteRepository::open(value, &scheme, rest).map(Self::Remote),
+        match Location::parse(value) {
+            Ok(Location::Local(path)) => Ok(Self::Local(path)),
+            Ok(Location::Object(location)) => RemoteRepository::open(location).map(Self::Remote),
+            Err(LocationError::Invalid { url, reason }) => {
+                Err(RemoteError::InvalidUrl { url, reason })
+            }
+            Err(LocationError::UnsupportedScheme { url, scheme }) => {
+                Err(RemoteError::UnsupportedScheme { url, scheme })
+            }
+            Err(LocationError::Store { url, source }) => Err(RemoteError::Store { url, source }),
         }
     }
-}
-
-/// `("s3", "bucket/prefix")` for `s3://bucket/prefix`, when `value` starts with a URL scheme.
-fn split_scheme(value: &str) -> Option<(String, &str)> {
-    let (scheme, rest) = value.split_once("://")?;
-    let mut chars = scheme.chars();
-    let first = chars.next()?;
-    let is_scheme = first.is_ascii_alphabetic()
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    is_scheme.then(|| (scheme.to_ascii_lowercase(), rest))
 }
 
 /// A remote repository and its local mirror.
@@ -273,74 +257,23 @@ impl RemoteRepository {
         &self.url
     }
 
-    /// Opens `url` (whose scheme, lower-cased, is `scheme` and whose remainder is `rest`).
-    fn open(url: &str, scheme: &str, rest: &str) -> Result<Self, RemoteError> {
-        let invalid = |reason: &str| RemoteError::InvalidUrl {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        if rest.contains(['?', '#']) {
-            return Err(invalid(
-                "query strings and fragments are not supported; configure the store with its \
-                 environment variables",
-            ));
+    /// Opens an object location as a repository.
+    fn open(location: ObjectLocation) -> Result<Self, RemoteError> {
+        // A missing directory would list as an empty repository and empty the cache.
+        if let Some(directory) = &location.local_dir {
+            if !directory.is_dir() {
+                return Err(RemoteError::InvalidUrl {
+                    url: location.url.clone(),
+                    reason: format!("{} is not a directory", directory.display()),
+                });
+            }
         }
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = ObjectPath::from_url_path(path).map_err(|e| invalid(&e.to_string()))?;
-        let store_error = |source| RemoteError::Store {
-            url: url.to_string(),
-            source,
-        };
-        let store: Arc<dyn ObjectStore> = match scheme {
-            "file" => {
-                if !(authority.is_empty() || authority.eq_ignore_ascii_case("localhost")) {
-                    return Err(invalid(
-                        "a file URL needs an absolute path: file:///path/to/repository",
-                    ));
-                }
-                // A missing directory would list as an empty repository and empty the cache.
-                let directory = Path::new("/").join(prefix.as_ref());
-                if !directory.is_dir() {
-                    return Err(invalid(&format!(
-                        "{} is not a directory",
-                        directory.display()
-                    )));
-                }
-                Arc::new(LocalFileSystem::new())
-            }
-            "s3" | "gs" | "az" | "azure" if authority.is_empty() => {
-                return Err(invalid("the bucket (container) name is missing"));
-            }
-            "s3" => Arc::new(
-                AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(store_error)?,
-            ),
-            "gs" => Arc::new(
-                GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(store_error)?,
-            ),
-            "az" | "azure" => Arc::new(
-                MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(store_error)?,
-            ),
-            _ => {
-                return Err(RemoteError::UnsupportedScheme {
-                    url: url.to_string(),
-                    scheme: scheme.to_string(),
-                })
-            }
-        };
+        let cache_dir = default_cache_dir(&location.url);
         Ok(Self::with_prefix(
-            store,
-            prefix,
-            url.to_string(),
-            default_cache_dir(url),
+            location.store,
+            location.prefix,
+            location.url,
+            cache_dir,
         ))
     }
 
