@@ -339,7 +339,18 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     if let Some(s) = &a.schema {
         opts.schema = Some(SchemaSpec::parse(&[s])?);
     }
-    let c = store.ingest(&a.file, &opts)?;
+    let spinner = (!a.common.json).then(|| {
+        crate::util::spinner(format!(
+            "ingesting {} into {}",
+            a.file.display(),
+            store.location()
+        ))
+    });
+    let c = store.ingest(&a.file, &opts);
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    let c = c?;
     if a.common.json {
         return print_json(&serde_json::json!({
             "id": c.version.id,
@@ -725,6 +736,7 @@ pub fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         mlflow_uri: a.mlflow_uri.clone().filter(|s| !s.is_empty()),
         code_dir: PathBuf::from("."),
         tags: Default::default(),
+        progress: !a.common.json,
     };
     eprintln!("training on {} ...", a.dataset);
     let outcome = train_from_dataset(&store, &a.dataset, &spec, &tracking)?;

@@ -650,6 +650,8 @@ struct Context<'a> {
     code: CodeRevision,
     code_dir: PathBuf,
     run_id: String,
+    /// Progress bars for long steps (not in quiet runs).
+    progress: bool,
 }
 
 /// Outputs of the dependencies a step sees, by step name.
@@ -895,6 +897,7 @@ impl Context<'_> {
                     mlflow_uri: self.mlflow_uri.clone(),
                     code_dir: self.code_dir.clone(),
                     tags,
+                    progress: self.progress,
                 };
                 let outcome = train_from_dataset(&self.store, &dataset, spec, &tracking)?;
                 log(format!(
@@ -1079,6 +1082,7 @@ pub fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Pipelin
         code,
         code_dir,
         run_id: run_id.clone(),
+        progress: !options.quiet,
     };
 
     let mut outputs: BTreeMap<usize, (StepOutput, String)> = BTreeMap::new();

@@ -562,6 +562,17 @@ pub fn train(
     targets: Targets<'_>,
     cfg: &TrainConfig,
 ) -> Result<TrainedModel, TrainError> {
+    train_observed(features, n_features, targets, cfg, &mut |_| {})
+}
+
+/// [`train`], calling `on_epoch` after each epoch (for progress reporting).
+pub fn train_observed(
+    features: &[f32],
+    n_features: usize,
+    targets: Targets<'_>,
+    cfg: &TrainConfig,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<TrainedModel, TrainError> {
     cfg.validate()?;
     let rows = validate_data(features, n_features, &targets)?;
     let task = targets.task();
@@ -714,11 +725,13 @@ pub fn train(
             )?)?),
             None => None,
         };
-        history.push(EpochRecord {
+        let record = EpochRecord {
             epoch,
             train_loss,
             validation_loss,
-        });
+        };
+        on_epoch(&record);
+        history.push(record);
         let monitored = validation_loss.unwrap_or(train_loss);
         if !monitored.is_finite() {
             return Err(TrainError::Diverged {

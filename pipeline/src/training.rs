@@ -33,7 +33,7 @@ use crate::publish::LABELS_FILE;
 use crate::store::{FeatureStore, StoreError};
 use crate::tracking::{CodeRevision, MetricPoint, RunRecord, RunStatus, Tracker, TrackingError};
 use crate::train::{
-    train, Metrics, SplitMetrics, Targets, Task, TrainConfig, TrainError, TrainedModel,
+    train_observed, Metrics, SplitMetrics, Targets, Task, TrainConfig, TrainError, TrainedModel,
 };
 use crate::util::{to_json_pretty, write_atomic};
 
@@ -548,6 +548,8 @@ pub struct TrackingOptions {
     pub code_dir: PathBuf,
     /// Extra tags for the record.
     pub tags: BTreeMap<String, String>,
+    /// Show a progress bar of the epochs on stderr (drawn only when stderr is a terminal).
+    pub progress: bool,
 }
 
 /// A finished, tracked run.
@@ -578,7 +580,7 @@ pub fn train_from_dataset(
     )?;
     record.tags = tracking.tags.clone();
     let dir = tracking.tracker.artifact_dir(&record.id);
-    let result = run_training(store, &version, spec, &dir, &mut record);
+    let result = run_training(store, &version, spec, &dir, &mut record, tracking.progress);
     match result {
         Ok(info) => {
             let artifacts: &[&str] = match info.task {
@@ -640,6 +642,7 @@ fn run_training(
     spec: &TrainSpec,
     dir: &Path,
     record: &mut RunRecord,
+    progress: bool,
 ) -> Result<ModelInfo, TrainingError> {
     let batch = store.read(version)?;
     let data = training_data(
@@ -651,7 +654,27 @@ fn run_training(
         spec.drop_null_rows,
     )?;
     let cfg = spec.config()?;
-    let model = train(&data.features, data.n_features, data.target.targets(), &cfg)?;
+    let bar = progress.then(|| crate::util::progress_bar(cfg.epochs as u64, "epochs"));
+    let mut on_epoch = |e: &crate::train::EpochRecord| {
+        if let Some(bar) = &bar {
+            bar.set_position(e.epoch as u64);
+            bar.set_message(match e.validation_loss {
+                Some(v) => format!("loss {:.4}, validation {v:.4}", e.train_loss),
+                None => format!("loss {:.4}", e.train_loss),
+            });
+        }
+    };
+    let model = train_observed(
+        &data.features,
+        data.n_features,
+        data.target.targets(),
+        &cfg,
+        &mut on_epoch,
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let model = model?;
     for epoch in &model.history {
         record.history.push(MetricPoint {
             key: "epoch_train_loss".into(),

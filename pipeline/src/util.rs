@@ -97,6 +97,24 @@ pub fn create_new_atomic(path: &Path, contents: &[u8]) -> io::Result<bool> {
     }
 }
 
+/// A progress bar of `len` `unit`s on stderr, drawn only when stderr is a terminal (so logs and
+/// pipes stay clean).
+pub fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let template = format!("{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// A spinner with a message on stderr, drawn only when stderr is a terminal.
+pub fn spinner(message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 /// Serialises `value` as pretty JSON with a trailing newline (stable: struct field order, and
 /// every map in these files is a `BTreeMap`).
 pub fn to_json_pretty<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -180,6 +180,7 @@ fn runs_are_mirrored_to_a_real_mlflow_server() {
         mlflow_uri: Some(server.uri.clone()),
         code_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         tags: [("team".to_string(), "lifecycle".to_string())].into(),
+        progress: false,
     };
     let mut spec = TrainSpec::new(
         ["sepal_length", "sepal_width", "petal_length", "petal_width"]
