@@ -17,8 +17,9 @@
 #      the device-to-device copy, fused vs unfused epilogue vs cuBLASLt's vs the bare cuBLAS GEMM,
 #      MLP forward vs PyTorch eager with the same weights);
 #   server:
-#   4. server/tests/gpu_backend.rs in process: KIND_GPU / KIND_AUTO placement, and the cuda
-#      backend against the CPU backend for several architectures over HTTP and gRPC;
+#   4. server/tests/gpu_backend.rs in process: KIND_GPU / KIND_AUTO placement, the cuda
+#      backend against the CPU backend for several architectures over HTTP and gRPC, and an
+#      ensemble of two GPU models that passes its intermediate tensor in device memory;
 #   5. end to end: the release `nereid` binary serves a repository with iris_classifier (CPU) and
 #      iris_gpu (KIND_GPU, same weights), mlp_cpu and mlp_gpu (256-1024-1024-16, same weights);
 #      gpu_models.py compares each GPU model with its CPU twin over HTTP (urllib) and prints the
@@ -182,7 +183,7 @@ server_steps() {
     done
     export NEREID_MODEL_REPO="$here/model-repo"
     step server-gpu-tests 150 "$work/gpu_backend" --nocapture --test-threads=1 \
-        kind_gpu_and_kind_auto gpu_outputs_match_cpu
+        kind_gpu_and_kind_auto gpu_outputs_match_cpu gpu_ensemble_keeps_tensors_on_the_device
     if [ "$has_gpu" = 1 ] && grep -q '^SKIPPED: GPU backend tests' "$work/server-gpu-tests.log"; then
         failures+=("server-gpu-tests: a GPU is present but the tests skipped (see the SKIPPED reason)")
     fi

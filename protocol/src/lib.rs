@@ -30,7 +30,7 @@ pub use request::{
 };
 pub use tensor::{
     bytes_elements, count_bytes_elements, element_count, encode_bytes_elements, shape_string,
-    Tensor,
+    DeviceData, Tensor,
 };
 
 /// Messages and services of package `inference` (Triton's gRPC and model configuration protos).

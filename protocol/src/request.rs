@@ -67,6 +67,9 @@ pub struct InferRequest {
     pub outputs: Vec<RequestedOutput>,
     /// HTTP only: binary form for outputs that are not listed in `outputs`.
     pub binary_data_output: bool,
+    /// Internal (ensemble steps): leave the outputs in the memory of this CUDA device when the
+    /// model runs there, for a next step on the same device. Never set from the wire.
+    pub outputs_on_device: Option<usize>,
 }
 
 impl InferRequest {

@@ -4,17 +4,64 @@
 //! row-major bytes; BYTES elements as a 4-byte little-endian length followed by the bytes. One
 //! representation means binary HTTP bodies and gRPC `raw_*_contents` are sliced (`Bytes`), never
 //! converted, and batching is a concatenation.
+//!
+//! Between the steps of an ensemble that run on the same GPU, a tensor may instead live in device
+//! memory ([`Tensor::device`], same bytes, same layout): the producing step leaves it there and
+//! the consuming step reads it there. Such a tensor never leaves the server: anything that needs
+//! the bytes on the host calls [`Tensor::into_host`].
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{DataType, Error, Result};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Tensor {
     pub name: String,
     pub datatype: DataType,
     pub shape: Vec<i64>,
+    /// The elements, on the host. Empty while the tensor is on a device.
     pub data: Bytes,
+    /// The elements in device memory instead of `data`.
+    pub device: Option<Arc<dyn DeviceData>>,
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.datatype == other.datatype
+            && self.shape == other.shape
+            && self.data == other.data
+            && match (&self.device, &other.device) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+/// A tensor's bytes in accelerator memory, in the host layout. Implemented by the GPU backend;
+/// the scheduler only slices, concatenates and downloads them.
+pub trait DeviceData: Send + Sync + fmt::Debug {
+    /// The CUDA device ordinal the memory is on.
+    fn ordinal(&self) -> usize;
+    /// Length in bytes.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes `range` of this memory (no copy).
+    fn slice(&self, range: Range<usize>) -> Arc<dyn DeviceData>;
+    /// `self` followed by `rest` (all on this device), in new device memory.
+    fn concat(&self, rest: &[Arc<dyn DeviceData>]) -> Result<Arc<dyn DeviceData>>;
+    /// A host copy.
+    fn to_host(&self) -> Result<Bytes>;
+    /// For the backend that made it, to reach its own type.
+    fn as_any(&self) -> &dyn Any;
 }
 
 /// Number of elements of `shape`, refusing negative dimensions and overflow.
@@ -97,7 +144,40 @@ impl Tensor {
             datatype,
             shape,
             data,
+            device: None,
         }
+    }
+
+    /// A tensor whose elements are in device memory.
+    pub fn on_device(
+        name: impl Into<String>,
+        datatype: DataType,
+        shape: Vec<i64>,
+        device: Arc<dyn DeviceData>,
+    ) -> Self {
+        Tensor {
+            name: name.into(),
+            datatype,
+            shape,
+            data: Bytes::new(),
+            device: Some(device),
+        }
+    }
+
+    /// Size of the elements in bytes, wherever they are.
+    pub fn byte_len(&self) -> usize {
+        match &self.device {
+            Some(d) => d.len(),
+            None => self.data.len(),
+        }
+    }
+
+    /// The tensor with its elements on the host (a download when on a device).
+    pub fn into_host(mut self) -> Result<Self> {
+        if let Some(device) = self.device.take() {
+            self.data = device.to_host()?;
+        }
+        Ok(self)
     }
 
     /// An FP32 tensor from values (little-endian on every supported target).
@@ -138,13 +218,18 @@ impl Tensor {
     pub fn check_byte_size(&self, model: &str) -> Result<()> {
         let name = &self.name;
         if let Some(bytes) = self.expected_byte_size(model)? {
-            if self.data.len() != bytes {
+            if self.byte_len() != bytes {
                 return Err(Error::invalid_arg(format!(
                     "input byte size mismatch for input '{name}' for model '{model}'. Expected {bytes}, got {}",
-                    self.data.len()
+                    self.byte_len()
                 )));
             }
             return Ok(());
+        }
+        if self.device.is_some() {
+            return Err(Error::internal(format!(
+                "BYTES input '{name}' for model '{model}' is in device memory. This is a bug."
+            )));
         }
         let expected = self.element_count()?;
         match count_bytes_elements(&self.data) {

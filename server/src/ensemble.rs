@@ -6,6 +6,11 @@
 //! value. Execution (in `Infer`) runs each step as soon as its inputs exist, independent steps
 //! concurrently, and every step through its composing model's own scheduler, so ensemble
 //! traffic is batched like any other.
+//!
+//! Steps on one GPU: when a step's model computes on a CUDA device and every tensor it produces
+//! is consumed only by steps on that same device (and is not an ensemble output), the step asks
+//! for its outputs to stay in device memory ([`EnsemblePlan::device_outputs`]); the next steps
+//! read them there, with no trip through the host.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -60,6 +65,30 @@ impl EnsemblePlan {
             })
             .collect();
         Ok(EnsemblePlan { steps })
+    }
+
+    /// For each step, the device to leave its outputs on (see the module documentation), given
+    /// the device each step's model computes on (`None`: the CPU, or instances on several
+    /// devices) and the ensemble's output tensors.
+    pub fn device_outputs(
+        &self,
+        devices: &[Option<usize>],
+        ensemble_outputs: &[&str],
+    ) -> Vec<Option<usize>> {
+        self.steps
+            .iter()
+            .zip(devices)
+            .map(|(step, &device)| {
+                let device = device?;
+                let stays = step.outputs.iter().all(|(_, tensor)| {
+                    !ensemble_outputs.contains(&tensor.as_str())
+                        && self.steps.iter().zip(devices).all(|(consumer, &on)| {
+                            on == Some(device) || !consumer.inputs.iter().any(|(_, t)| t == tensor)
+                        })
+                });
+                stays.then_some(device)
+            })
+            .collect()
     }
 
     pub fn composing_models(&self) -> BTreeSet<&str> {
@@ -153,5 +182,62 @@ impl EnsemblePlan {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(model: &str, inputs: &[&str], outputs: &[&str]) -> Step {
+        let pairs = |names: &[&str]| {
+            names
+                .iter()
+                .map(|t| (format!("in_{t}"), t.to_string()))
+                .collect()
+        };
+        Step {
+            model: model.into(),
+            version: String::new(),
+            inputs: pairs(inputs),
+            outputs: pairs(outputs),
+        }
+    }
+
+    #[test]
+    fn outputs_stay_on_a_device_only_for_consumers_on_that_device() {
+        // x -> a -> h -> b -> y, and h -> c -> z (c elsewhere or on the CPU).
+        let plan = EnsemblePlan {
+            steps: vec![
+                step("a", &["x"], &["h"]),
+                step("b", &["h"], &["y"]),
+                step("c", &["h"], &["z"]),
+            ],
+        };
+        let outputs = ["y", "z"];
+        // All three on GPU 0: a's output stays there; b and c produce ensemble outputs.
+        assert_eq!(
+            plan.device_outputs(&[Some(0), Some(0), Some(0)], &outputs),
+            [Some(0), None, None]
+        );
+        // A consumer on the CPU or on another GPU needs h on the host.
+        assert_eq!(
+            plan.device_outputs(&[Some(0), Some(0), None], &outputs),
+            [None, None, None]
+        );
+        assert_eq!(
+            plan.device_outputs(&[Some(0), Some(0), Some(1)], &outputs),
+            [None, None, None]
+        );
+        // A producer on the CPU never asks.
+        assert_eq!(
+            plan.device_outputs(&[None, Some(0), Some(0)], &outputs),
+            [None, None, None]
+        );
+        // An intermediate tensor that is also an ensemble output goes to the host.
+        assert_eq!(
+            plan.device_outputs(&[Some(0), Some(0), Some(0)], &["h", "y", "z"]),
+            [None, None, None]
+        );
     }
 }

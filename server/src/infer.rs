@@ -260,6 +260,17 @@ impl Infer {
                     format!("in ensemble '{}', {}", ensemble.name, err.message),
                 )
             };
+            // Every step's model, resolved once, so that one request sees one set of versions.
+            let models = plan
+                .steps
+                .iter()
+                .map(|step| self.model(&step.model, &step.version))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(prefix)?;
+            let devices: Vec<Option<usize>> = models.iter().map(|m| m.device).collect();
+            let ensemble_outputs: Vec<&str> =
+                ensemble.outputs.iter().map(|o| o.name.as_str()).collect();
+            let outputs_on_device = plan.device_outputs(&devices, &ensemble_outputs);
             let mut tensors: HashMap<String, Tensor> =
                 inputs.into_iter().map(|t| (t.name.clone(), t)).collect();
             let mut done = vec![false; plan.steps.len()];
@@ -298,9 +309,10 @@ impl Infer {
                                 ..Default::default()
                             })
                             .collect(),
+                        outputs_on_device: outputs_on_device[i],
                         ..Default::default()
                     };
-                    self.infer(&step.model, &step.version, request)
+                    self.infer_on(&models[i], request)
                 });
                 let results = futures_util::future::join_all(runs).await;
                 for (&i, result) in ready.iter().zip(results) {
@@ -327,12 +339,14 @@ impl Infer {
                 .outputs
                 .iter()
                 .map(|spec| {
-                    tensors.remove(&spec.name).ok_or_else(|| {
+                    let tensor = tensors.remove(&spec.name).ok_or_else(|| {
                         Error::internal(format!(
                             "in ensemble '{}', no step produced output '{}'",
                             ensemble.name, spec.name
                         ))
-                    })
+                    })?;
+                    // Ensemble outputs are asked for on the host; this only guards that.
+                    tensor.into_host()
                 })
                 .collect()
         })

@@ -112,7 +112,7 @@ struct ModelSample {
 
 type CounterFamily = (&'static str, &'static str, fn(&Snapshot) -> f64);
 
-const COUNTERS: [CounterFamily; 8] = [
+const COUNTERS: [CounterFamily; 9] = [
     ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", |s| s.success.count as f64),
     ("nv_inference_count", "Number of inferences performed (does not include cached requests)", |s| s.inference_count as f64),
     ("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)", |s| s.execution_count as f64),
@@ -121,6 +121,7 @@ const COUNTERS: [CounterFamily; 8] = [
     ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)", |s| (s.compute_input.ns / 1000) as f64),
     ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)", |s| (s.compute_infer.ns / 1000) as f64),
     ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)", |s| (s.compute_output.ns / 1000) as f64),
+    ("nereid_device_resident_inputs", "Batch inputs a GPU instance read straight from its device memory, left there by an earlier ensemble step on the same GPU", |s| s.device_inputs as f64),
 ];
 
 fn sample(model: &ModelVersion) -> ModelSample {

@@ -46,6 +46,9 @@ pub struct ModelVersion {
     pub model_dir: PathBuf,
     /// How long loading took (`nv_model_load_duration_secs`).
     pub load_duration: Duration,
+    /// The CUDA device every instance computes on, when they share one: an ensemble keeps the
+    /// tensors passed between such steps in that device's memory.
+    pub device: Option<usize>,
     executor: Executor,
 }
 
@@ -65,6 +68,8 @@ pub struct Prepared {
     pub priority: u64,
     /// The `timeout` parameter, in microseconds on the wire.
     pub timeout: Option<Duration>,
+    /// The request asked for outputs on the device this model computes on.
+    pub outputs_on_device: bool,
 }
 
 impl ModelVersion {
@@ -106,6 +111,7 @@ impl ModelVersion {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let stats = Arc::new(ModelStats::default());
+        let mut device = None;
         let executor = if config.platform == "ensemble" {
             let plan = EnsemblePlan::from_config(&config).map_err(Error::invalid_arg)?;
             Executor::Ensemble(Arc::new(plan))
@@ -135,6 +141,7 @@ impl ModelVersion {
                     }
                 }
             }
+            device = backend::common_device(&instances);
             let scheduler = Scheduler::start(&name, policy, instances, Arc::clone(&stats))
                 .map_err(|e| {
                     Error::internal(format!("failed to start instances of model '{name}': {e}"))
@@ -150,6 +157,7 @@ impl ModelVersion {
             stats,
             model_dir: model_dir.to_path_buf(),
             load_duration: started.elapsed(),
+            device,
             executor,
         })
     }
@@ -323,6 +331,8 @@ impl ModelVersion {
             timeout: integer("timeout")?
                 .filter(|t| *t > 0)
                 .map(Duration::from_micros),
+            outputs_on_device: request.outputs_on_device.is_some()
+                && request.outputs_on_device == self.device,
         })
     }
 
@@ -381,6 +391,7 @@ impl ModelVersion {
                 batch_size: prepared.batch_size,
                 priority: prepared.priority,
                 timeout: prepared.timeout,
+                outputs_on_device: prepared.outputs_on_device,
             })
             .await
     }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use nereid_protocol::{bytes_elements, Error, Tensor};
+use nereid_protocol::{bytes_elements, DeviceData, Error, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::Backend;
@@ -47,6 +47,8 @@ pub struct Job {
     reply: Reply,
     /// Arrival order, for `preserve_ordering`.
     sequence: u64,
+    /// Leave this request's outputs in the instances' device memory.
+    outputs_on_device: bool,
 }
 
 /// A request to queue: its inputs (batch dimension first when the model batches), batch size,
@@ -56,6 +58,9 @@ pub struct Submission {
     pub batch_size: u64,
     pub priority: u64,
     pub timeout: Option<Duration>,
+    /// Leave the outputs in device memory when the instance runs on a GPU (ensemble steps
+    /// whose outputs feed a step on the same GPU); otherwise they come back on the host.
+    pub outputs_on_device: bool,
 }
 
 pub struct Scheduler {
@@ -245,6 +250,7 @@ impl Batcher {
                 inputs: submission.inputs,
                 reply,
                 sequence,
+                outputs_on_device: submission.outputs_on_device,
             },
         };
         if let Err((_, entry)) = self.state.admit(level, entry) {
@@ -349,6 +355,12 @@ impl Worker {
             .iter()
             .map(|e| started.saturating_duration_since(e.enqueued))
             .collect();
+        let device = self.backend.device();
+        let on_device: Vec<bool> = batch
+            .entries
+            .iter()
+            .map(|e| e.payload.outputs_on_device && device.is_some())
+            .collect();
         let (jobs, inputs): (Vec<(u64, Reply)>, Vec<Vec<Tensor>>) = batch
             .entries
             .into_iter()
@@ -356,16 +368,27 @@ impl Worker {
             .unzip();
         tracing::trace!(batch_size = total, requests = jobs.len(), reason = ?batch.reason, "executing batch");
 
-        let inputs = concatenate(inputs, total);
+        let result = concatenate(inputs, total, device).inspect(|inputs| {
+            let resident = inputs.iter().filter(|t| t.device.is_some()).count();
+            self.stats.record_device_inputs(resident as u64);
+        });
         let input_done = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.backend.execute(inputs)))
+        let result = result.and_then(|inputs| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if on_device.contains(&true) {
+                    self.backend.execute_to_device(inputs)
+                } else {
+                    self.backend.execute(inputs)
+                }
+            }))
             .unwrap_or_else(|_| {
                 Err(Error::internal(
                     "the model's backend panicked while executing",
                 ))
-            });
+            })
+        });
         let infer_done = Instant::now();
-        let split = result.and_then(|outputs| split(outputs, &sizes));
+        let split = result.and_then(|outputs| split(outputs, &sizes, &on_device));
         let times = ExecutionTimes {
             compute_input: input_done - started,
             compute_infer: infer_done - input_done,
@@ -400,65 +423,118 @@ impl Worker {
 
 /// Joins the requests' inputs along the batch dimension (byte concatenation: every datatype,
 /// BYTES included, is laid out so that this is exact). A single request passes through as is.
-fn concatenate(mut requests: Vec<Vec<Tensor>>, total: usize) -> Vec<Tensor> {
+///
+/// Inputs in device memory stay there when the instance computes on that `device` (several
+/// are joined on the device); anything else is brought to the host first.
+fn concatenate(
+    mut requests: Vec<Vec<Tensor>>,
+    total: usize,
+    device: Option<usize>,
+) -> Result<Vec<Tensor>, Error> {
+    let usable = |t: &Tensor| match &t.device {
+        None => true,
+        Some(d) => Some(d.ordinal()) == device,
+    };
     if requests.len() == 1 {
-        return requests.pop().unwrap_or_default();
+        let inputs = requests.pop().unwrap_or_default();
+        return inputs
+            .into_iter()
+            .map(|t| if usable(&t) { Ok(t) } else { t.into_host() })
+            .collect();
+    }
+    // One column of pieces per input.
+    let mut columns: Vec<Vec<Tensor>> = Vec::new();
+    for request in requests {
+        for (index, tensor) in request.into_iter().enumerate() {
+            if columns.len() <= index {
+                columns.push(Vec::new());
+            }
+            columns[index].push(tensor);
+        }
     }
     let mut merged: Vec<Tensor> = Vec::new();
-    for (index, first) in requests[0].iter().enumerate() {
-        let size: usize = requests.iter().map(|r| r[index].data.len()).sum();
-        let mut data = BytesMut::with_capacity(size);
-        for request in &requests {
-            data.extend_from_slice(&request[index].data);
-        }
+    for pieces in columns {
+        let first = &pieces[0];
         let mut shape = first.shape.clone();
         if let Some(batch) = shape.first_mut() {
             *batch = total as i64;
         }
-        merged.push(Tensor::new(
-            first.name.clone(),
-            first.datatype,
-            shape,
-            data.freeze(),
-        ));
+        let (name, datatype) = (first.name.clone(), first.datatype);
+        let all_on_device: Option<Vec<Arc<dyn DeviceData>>> = pieces
+            .iter()
+            .map(|t| t.device.clone().filter(|_| usable(t)))
+            .collect();
+        if let Some(buffers) = all_on_device {
+            let joined = buffers[0].concat(&buffers[1..])?;
+            merged.push(Tensor::on_device(name, datatype, shape, joined));
+            continue;
+        }
+        let pieces = pieces
+            .into_iter()
+            .map(Tensor::into_host)
+            .collect::<Result<Vec<_>, _>>()?;
+        let size: usize = pieces.iter().map(|t| t.data.len()).sum();
+        let mut data = BytesMut::with_capacity(size);
+        for piece in &pieces {
+            data.extend_from_slice(&piece.data);
+        }
+        merged.push(Tensor::new(name, datatype, shape, data.freeze()));
     }
-    merged
+    Ok(merged)
 }
 
-/// Splits each batched output back into per-request tensors by batch sizes.
-fn split(outputs: Vec<Tensor>, sizes: &[usize]) -> Result<Vec<Vec<Tensor>>, Error> {
+/// Splits each batched output back into per-request tensors by batch sizes. Outputs in device
+/// memory are split there (views of one buffer) for the requests that asked for device outputs
+/// (`on_device`) and downloaded for the others.
+fn split(
+    outputs: Vec<Tensor>,
+    sizes: &[usize],
+    on_device: &[bool],
+) -> Result<Vec<Vec<Tensor>>, Error> {
     let mut per_request: Vec<Vec<Tensor>> = sizes
         .iter()
         .map(|_| Vec::with_capacity(outputs.len()))
         .collect();
+    let total: usize = sizes.iter().sum();
     if sizes.len() == 1 {
         per_request[0] = outputs;
-        return Ok(per_request);
-    }
-    let total: usize = sizes.iter().sum();
-    for output in outputs {
-        if output.shape.first().copied() != Some(total as i64) {
-            return Err(Error::internal(format!(
-                "output '{}' has shape {:?}, which does not start with the batch size {total}",
-                output.name, output.shape
-            )));
+    } else {
+        for output in outputs {
+            if output.shape.first().copied() != Some(total as i64) {
+                return Err(Error::internal(format!(
+                    "output '{}' has shape {:?}, which does not start with the batch size {total}",
+                    output.name, output.shape
+                )));
+            }
+            let parts = split_data(&output, sizes, total)?;
+            for ((request, size), part) in per_request.iter_mut().zip(sizes).zip(parts) {
+                let mut shape = output.shape.clone();
+                shape[0] = *size as i64;
+                let mut tensor =
+                    Tensor::new(output.name.clone(), output.datatype, shape, part.host);
+                tensor.device = part.device;
+                request.push(tensor);
+            }
         }
-        let parts = split_data(&output, sizes, total)?;
-        for ((request, size), data) in per_request.iter_mut().zip(sizes).zip(parts) {
-            let mut shape = output.shape.clone();
-            shape[0] = *size as i64;
-            request.push(Tensor::new(
-                output.name.clone(),
-                output.datatype,
-                shape,
-                data,
-            ));
+    }
+    for (request, keep) in per_request.iter_mut().zip(on_device) {
+        if !keep && request.iter().any(|t| t.device.is_some()) {
+            *request = std::mem::take(request)
+                .into_iter()
+                .map(Tensor::into_host)
+                .collect::<Result<_, _>>()?;
         }
     }
     Ok(per_request)
 }
 
-fn split_data(output: &Tensor, sizes: &[usize], total: usize) -> Result<Vec<Bytes>, Error> {
+/// One request's share of a batched output.
+struct Part {
+    host: Bytes,
+    device: Option<Arc<dyn DeviceData>>,
+}
+
+fn split_data(output: &Tensor, sizes: &[usize], total: usize) -> Result<Vec<Part>, Error> {
     let bad = || {
         Error::internal(format!(
             "output '{}' does not divide into its batch",
@@ -468,13 +544,24 @@ fn split_data(output: &Tensor, sizes: &[usize], total: usize) -> Result<Vec<Byte
     let mut parts = Vec::with_capacity(sizes.len());
     match output.datatype.element_size() {
         Some(_) => {
-            if output.data.len() % total != 0 {
+            let len = output.byte_len();
+            if len % total != 0 {
                 return Err(bad());
             }
-            let per_item = output.data.len() / total;
+            let per_item = len / total;
             let mut offset = 0;
             for size in sizes {
-                parts.push(output.data.slice(offset..offset + size * per_item));
+                let range = offset..offset + size * per_item;
+                parts.push(match &output.device {
+                    Some(device) => Part {
+                        host: Bytes::new(),
+                        device: Some(device.slice(range)),
+                    },
+                    None => Part {
+                        host: output.data.slice(range),
+                        device: None,
+                    },
+                });
                 offset += size * per_item;
             }
         }
@@ -494,7 +581,10 @@ fn split_data(output: &Tensor, sizes: &[usize], total: usize) -> Result<Vec<Byte
             for size in sizes {
                 elements += size * per_item;
                 let end = if elements == 0 { 0 } else { ends[elements - 1] };
-                parts.push(output.data.slice(start..end));
+                parts.push(Part {
+                    host: output.data.slice(start..end),
+                    device: None,
+                });
                 start = end;
             }
         }
@@ -566,6 +656,7 @@ mod tests {
             batch_size: batch as u64,
             priority: 0,
             timeout: None,
+            outputs_on_device: false,
         }
     }
 
@@ -605,7 +696,7 @@ mod tests {
             vec![3, 1],
             encode_bytes_elements(["a", "", "ccc"]),
         )];
-        let parts = split(outputs, &[2, 1]).unwrap();
+        let parts = split(outputs, &[2, 1], &[false, false]).unwrap();
         assert_eq!(parts[0][0].data, encode_bytes_elements(["a", ""]));
         assert_eq!(parts[0][0].shape, vec![2, 1]);
         assert_eq!(parts[1][0].data, encode_bytes_elements(["ccc"]));
@@ -708,5 +799,237 @@ mod tests {
         sequencer.deliver(0, tx0, done());
         assert!(rx0.await.is_ok());
         assert!(rx1.try_recv().is_ok());
+    }
+
+    /// A stand-in for device memory (host bytes that claim to live on device `ordinal`), so the
+    /// scheduler's device handling is tested without a GPU.
+    #[derive(Debug)]
+    struct FakeDevice {
+        ordinal: usize,
+        bytes: Bytes,
+        downloads: Arc<AtomicU64>,
+    }
+
+    impl DeviceData for FakeDevice {
+        fn ordinal(&self) -> usize {
+            self.ordinal
+        }
+        fn len(&self) -> usize {
+            self.bytes.len()
+        }
+        fn slice(&self, range: std::ops::Range<usize>) -> Arc<dyn DeviceData> {
+            Arc::new(FakeDevice {
+                ordinal: self.ordinal,
+                bytes: self.bytes.slice(range),
+                downloads: self.downloads.clone(),
+            })
+        }
+        fn concat(&self, rest: &[Arc<dyn DeviceData>]) -> Result<Arc<dyn DeviceData>, Error> {
+            let mut all = BytesMut::from(&self.bytes[..]);
+            for other in rest {
+                let other = other.as_any().downcast_ref::<FakeDevice>().expect("fake");
+                all.extend_from_slice(&other.bytes);
+            }
+            Ok(Arc::new(FakeDevice {
+                ordinal: self.ordinal,
+                bytes: all.freeze(),
+                downloads: self.downloads.clone(),
+            }))
+        }
+        fn to_host(&self) -> Result<Bytes, Error> {
+            self.downloads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.bytes.clone())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// Doubles its FP32 input, like a model on device 0: reports whether each batch's input
+    /// arrived in device memory, and leaves outputs there when asked.
+    struct FakeGpuModel {
+        ordinal: Option<usize>,
+        input_on_device: Arc<Mutex<Vec<bool>>>,
+        downloads: Arc<AtomicU64>,
+    }
+
+    impl FakeGpuModel {
+        fn run(&mut self, inputs: Vec<Tensor>, to_device: bool) -> Result<Vec<Tensor>, Error> {
+            let input = inputs.into_iter().next().expect("one input");
+            self.input_on_device
+                .lock()
+                .unwrap()
+                .push(input.device.is_some());
+            if input.device.is_some() {
+                assert_eq!(
+                    self.ordinal,
+                    Some(0),
+                    "device inputs only reach device backends"
+                );
+            }
+            let values: Vec<f32> = match &input.device {
+                Some(d) => bytemuck::pod_collect_to_vec(
+                    &d.as_any().downcast_ref::<FakeDevice>().expect("fake").bytes,
+                ),
+                None => input.to_vec::<f32>(),
+            };
+            let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+            let out = Tensor::from_f32("y", input.shape.clone(), &doubled);
+            if !to_device {
+                return Ok(vec![out]);
+            }
+            let device = FakeDevice {
+                ordinal: 0,
+                bytes: out.data.clone(),
+                downloads: self.downloads.clone(),
+            };
+            Ok(vec![Tensor::on_device(
+                "y",
+                DataType::Fp32,
+                out.shape,
+                Arc::new(device),
+            )])
+        }
+    }
+
+    impl Backend for FakeGpuModel {
+        fn execute(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+            self.run(inputs, false)
+        }
+        fn device(&self) -> Option<usize> {
+            self.ordinal
+        }
+        fn execute_to_device(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+            self.run(inputs, self.ordinal.is_some())
+        }
+    }
+
+    /// A scheduler over one [`FakeGpuModel`], with what it saw: whether each batch's input was
+    /// in device memory, the count of device-to-host copies, and the model's statistics.
+    struct FakeGpu {
+        scheduler: Arc<Scheduler>,
+        seen: Arc<Mutex<Vec<bool>>>,
+        downloads: Arc<AtomicU64>,
+        stats: Arc<ModelStats>,
+    }
+
+    fn start_fake(ordinal: Option<usize>) -> FakeGpu {
+        let config = parse_pbtxt(
+            "name: \"g\" backend: \"candle\" max_batch_size: 16 dynamic_batching { preferred_batch_size: [3] max_queue_delay_microseconds: 2000000 }",
+            "t",
+        )
+        .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let downloads = Arc::new(AtomicU64::new(0));
+        let backend = Box::new(FakeGpuModel {
+            ordinal,
+            input_on_device: seen.clone(),
+            downloads: downloads.clone(),
+        }) as Box<dyn Backend>;
+        let stats = Arc::new(ModelStats::default());
+        let scheduler = Scheduler::start(
+            "g",
+            Policy::from_config(&config).unwrap(),
+            vec![backend],
+            stats.clone(),
+        )
+        .unwrap();
+        FakeGpu {
+            scheduler: Arc::new(scheduler),
+            seen,
+            downloads,
+            stats,
+        }
+    }
+
+    fn device_request(values: &[f32], on_device: bool, downloads: &Arc<AtomicU64>) -> Submission {
+        let host = Tensor::from_f32("x", vec![values.len() as i64, 1], values);
+        let input = if on_device {
+            let device = FakeDevice {
+                ordinal: 0,
+                bytes: host.data.clone(),
+                downloads: downloads.clone(),
+            };
+            Tensor::on_device("x", DataType::Fp32, host.shape, Arc::new(device))
+        } else {
+            host
+        };
+        Submission {
+            inputs: vec![input],
+            batch_size: values.len() as u64,
+            priority: 0,
+            timeout: None,
+            outputs_on_device: on_device,
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.clone().into_host().expect("host").to_vec::<f32>()
+    }
+
+    #[tokio::test]
+    async fn device_tensors_stay_on_the_device_for_the_requests_that_ask() {
+        let FakeGpu {
+            scheduler,
+            seen,
+            downloads,
+            stats,
+        } = start_fake(Some(0));
+        // Two requests whose inputs are in device memory and that want device outputs, and one
+        // from the host that wants host outputs, batched together (3 rows).
+        let submit = |values: Vec<f32>, on_device: bool| {
+            let s = scheduler.clone();
+            let d = downloads.clone();
+            tokio::spawn(async move { s.submit(device_request(&values, on_device, &d)).await })
+        };
+        let a = submit(vec![1.0], true);
+        let b = submit(vec![2.0], true);
+        let c = submit(vec![3.0], false);
+        let (a, b, c) = (
+            a.await.unwrap().unwrap(),
+            b.await.unwrap().unwrap(),
+            c.await.unwrap().unwrap(),
+        );
+        // Mixed pieces are joined on the host (a download per device piece), and c's share of
+        // the device output comes back to the host (one more).
+        assert_eq!(*seen.lock().unwrap(), [false]);
+        assert_eq!(downloads.load(Ordering::SeqCst), 3);
+        // Device outputs for the requests that asked, host for the other, each its own rows.
+        assert!(a.outputs[0].device.is_some() && b.outputs[0].device.is_some());
+        assert!(c.outputs[0].device.is_none());
+        assert_eq!(values(&a.outputs[0]), [2.0]);
+        assert_eq!(values(&b.outputs[0]), [4.0]);
+        assert_eq!(c.outputs[0].to_vec::<f32>(), [6.0]);
+        assert_eq!(a.outputs[0].shape, [1, 1]);
+
+        // All pieces in device memory: joined there and handed over without a download.
+        downloads.store(0, Ordering::SeqCst);
+        let a = submit(vec![1.0, 5.0], true);
+        let b = submit(vec![2.0], true);
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+        assert_eq!(seen.lock().unwrap()[1..], [true]);
+        assert_eq!(downloads.load(Ordering::SeqCst), 0);
+        assert_eq!(values(&a.outputs[0]), [2.0, 10.0]);
+        assert_eq!(values(&b.outputs[0]), [4.0]);
+        assert_eq!(stats.snapshot().device_inputs, 1);
+    }
+
+    #[tokio::test]
+    async fn a_backend_without_a_device_gets_host_tensors() {
+        let FakeGpu {
+            scheduler,
+            seen,
+            downloads,
+            stats,
+        } = start_fake(None);
+        let executed = scheduler
+            .submit(device_request(&[1.5, 2.5], true, &downloads))
+            .await
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), [false]);
+        assert_eq!(downloads.load(Ordering::SeqCst), 1);
+        assert!(executed.outputs[0].device.is_none());
+        assert_eq!(executed.outputs[0].to_vec::<f32>(), [3.0, 5.0]);
+        assert_eq!(stats.snapshot().device_inputs, 0);
     }
 }

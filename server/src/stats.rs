@@ -95,6 +95,9 @@ pub struct Snapshot {
     /// Failed requests by reason, indexed like [`FailureReason::ALL`].
     pub failures: [u64; 4],
     pub request_latency_us: LatencyHistogram,
+    /// Batch inputs an instance found already in its GPU's memory (put there by an earlier
+    /// ensemble step on the same GPU).
+    pub device_inputs: u64,
 }
 
 impl Default for Snapshot {
@@ -111,6 +114,7 @@ impl Default for Snapshot {
             compute_output: Counter::default(),
             batches: BTreeMap::new(),
             failures: [0; 4],
+            device_inputs: 0,
             request_latency_us: latency_histogram(),
         }
     }
@@ -133,6 +137,13 @@ impl ModelStats {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Inputs of one execution that were already in the instance's device memory.
+    pub fn record_device_inputs(&self, count: u64) {
+        if count > 0 {
+            self.lock().device_inputs += count;
+        }
     }
 
     /// One model execution over `batch_size` items.
@@ -191,6 +202,7 @@ impl ModelStats {
             batches: s.batches.clone(),
             failures: s.failures,
             request_latency_us: latency_histogram(),
+            device_inputs: s.device_inputs,
         }
     }
 

@@ -9,6 +9,10 @@
 //!   tanh and sigmoid on odd widths, linear, logistic), two GPU instances each, over HTTP and
 //!   gRPC, batch sizes 1 to `max_batch_size`, concurrent requests. Prints
 //!   `SKIPPED: GPU backend tests: <reason>` and passes without a GPU.
+//! - `gpu_ensemble_keeps_tensors_on_the_device`: an ensemble of two GPU models (encoder ->
+//!   head) against the same ensemble of CPU models, one request at a time and concurrently
+//!   (batched); the head must have read its input from device memory
+//!   (`nereid_device_resident_inputs`), never from the host. Skips without a GPU.
 //! - `external_server_gpu_matches_cpu`: for the GPU check script (`kernels/gpu-check.sh`), which
 //!   starts the release `nereid` binary and names it in `NEREID_GPU_CHECK_HTTP` /
 //!   `NEREID_GPU_CHECK_GRPC`, with `NEREID_GPU_CHECK_PAIRS=gpu_model=cpu_model,...`: compares the
@@ -442,6 +446,144 @@ async fn gpu_outputs_match_cpu() {
             d.max_batch
         );
     }
+    server.assert_serving().await;
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// `encoder` (32 -> 64 -> 24, GELU, raw outputs) then `head` (24 -> 48 -> 6, softmax).
+const ENCODER: Dense = Dense {
+    name: "encoder",
+    sizes: &[32, 64, 24],
+    params: &[
+        ("nereid.architecture", "mlp"),
+        ("nereid.activation", "gelu"),
+        ("nereid.output_activation", "none"),
+    ],
+    normalize: true,
+    max_batch: 16,
+};
+const HEAD: Dense = Dense {
+    name: "head",
+    sizes: &[24, 48, 6],
+    params: &[
+        ("nereid.architecture", "mlp"),
+        ("nereid.activation", "relu"),
+        ("nereid.output_activation", "softmax"),
+    ],
+    normalize: false,
+    max_batch: 16,
+};
+
+fn pipeline_config(name: &str, encoder: &str, head: &str) -> String {
+    format!(
+        r#"name: "{name}"
+platform: "ensemble"
+max_batch_size: 16
+input [ {{ name: "FEATURES" data_type: TYPE_FP32 dims: [ 32 ] }} ]
+output [ {{ name: "SCORES" data_type: TYPE_FP32 dims: [ 6 ] }} ]
+ensemble_scheduling {{ step [
+  {{ model_name: "{encoder}" model_version: -1 input_map {{ key: "X" value: "FEATURES" }} output_map {{ key: "Y" value: "embedding" }} }},
+  {{ model_name: "{head}" model_version: -1 input_map {{ key: "X" value: "embedding" }} output_map {{ key: "Y" value: "SCORES" }} }}
+] }}
+"#
+    )
+}
+
+/// The value of `family{model="model",...}` in a Prometheus text page (0 when absent).
+fn metric_value(page: &str, family: &str, model: &str) -> f64 {
+    let prefix = format!("{family}{{");
+    page.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&format!("model=\"{model}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gpu_ensemble_keeps_tensors_on_the_device() {
+    if let Some(reason) = no_gpu_reason() {
+        println!("SKIPPED: GPU backend tests: {reason}");
+        return;
+    }
+    let mut rng = Rng(0x656e_7365_6d62);
+    let repo = LocalRepo::new();
+    for d in [&ENCODER, &HEAD] {
+        let weights = dense_safetensors(d, &mut rng);
+        for (suffix, group) in [
+            ("cpu", "{ count: 1 kind: KIND_CPU }"),
+            ("gpu", "{ count: 2 kind: KIND_GPU gpus: [ 0 ] }"),
+        ] {
+            let name = format!("{}_{suffix}", d.name);
+            repo.file(
+                &format!("{name}/config.pbtxt"),
+                dense_config(d, &name, group).as_bytes(),
+            )
+            .file(&format!("{name}/1/model.safetensors"), &weights);
+        }
+    }
+    for suffix in ["cpu", "gpu"] {
+        let name = format!("pipeline_{suffix}");
+        repo.file(
+            &format!("{name}/config.pbtxt"),
+            pipeline_config(
+                &name,
+                &format!("encoder_{suffix}"),
+                &format!("head_{suffix}"),
+            )
+            .as_bytes(),
+        );
+        std::fs::create_dir_all(repo.dir.path().join(&name).join("1")).expect("version dir");
+    }
+    let server = repo.serve().await;
+    let http = http_client();
+    let base = server.url("");
+    let mut grpc = server.grpc_client().await;
+    for batch in [1, 3, 16] {
+        let x = rng.vec(batch * 32, -3.0, 3.0);
+        let want = http_infer(&http, &base, "pipeline_cpu", "FEATURES", batch, &x)
+            .await
+            .unwrap();
+        let got = http_infer(&http, &base, "pipeline_gpu", "FEATURES", batch, &x)
+            .await
+            .unwrap();
+        assert_close(&format!("pipeline_gpu b={batch}"), &got, &want);
+        let got_grpc = grpc_infer(&mut grpc, "pipeline_gpu", "FEATURES", batch, &x)
+            .await
+            .unwrap();
+        assert_eq!(got_grpc, got, "b={batch}: gRPC and HTTP agree exactly");
+    }
+    // Concurrent requests: the head's batcher joins device tensors of several requests.
+    let inputs: Vec<Vec<f32>> = (0..32).map(|_| rng.vec(32, -3.0, 3.0)).collect();
+    let calls = inputs.iter().map(|x| {
+        let (http, base) = (&http, &base);
+        async move { http_infer(http, base, "pipeline_gpu", "FEATURES", 1, x).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for (x, got) in inputs.iter().zip(results) {
+        let want = http_infer(&http, &base, "pipeline_cpu", "FEATURES", 1, x)
+            .await
+            .unwrap();
+        assert_close("pipeline_gpu concurrent", &got.unwrap(), &want);
+    }
+    // Every head execution read its input from device memory; the encoder's came from the host.
+    let page = server.metrics_text().await;
+    let head_execs = metric_value(&page, "nv_inference_exec_count", "head_gpu");
+    let head_resident = metric_value(&page, "nereid_device_resident_inputs", "head_gpu");
+    let encoder_resident = metric_value(&page, "nereid_device_resident_inputs", "encoder_gpu");
+    println!(
+        "pipeline_gpu: matches pipeline_cpu; head_gpu executions {head_execs}, inputs read from \
+         device memory {head_resident}; encoder_gpu {encoder_resident}"
+    );
+    assert!(head_execs > 0.0);
+    assert_eq!(
+        head_resident, head_execs,
+        "every head batch read device memory"
+    );
+    assert_eq!(encoder_resident, 0.0);
+    // A CPU head never sees device memory.
+    assert_eq!(
+        metric_value(&page, "nereid_device_resident_inputs", "head_cpu"),
+        0.0
+    );
     server.assert_serving().await;
     server.shutdown().await.expect("clean shutdown");
 }

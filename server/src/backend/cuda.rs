@@ -17,12 +17,20 @@
 //! on the stream; the result is copied back into the pinned output buffer, which waits for the
 //! stream. Nothing here blocks other instances.
 //!
+//! Ensemble steps on one GPU skip the host: an input already in this device's memory
+//! ([`GpuTensor`], made by another instance) is copied device to device into the input buffer,
+//! and [`Backend::execute_to_device`] leaves the result in a fresh device buffer instead of
+//! downloading it. cudarc orders the work of the two instances' streams on such buffers.
+//!
 //! Everything CUDA is loaded at run time: this module always builds, and on a machine without a
 //! driver, device, NVRTC or cuBLAS, [`CudaBackend::new`] returns
 //! [`GpuLoadError::Unavailable`] instead of panicking.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor as CandleTensor};
 use nereid_kernels::{
@@ -33,7 +41,7 @@ use nereid_pipeline::model::{
     layer_bias_name, layer_weight_name, Activation, ArchitectureSpec, DenseModel, ModelError,
     OutputActivation, NORMALIZE_MEAN, NORMALIZE_STD,
 };
-use nereid_protocol::{DataType, Error, Tensor};
+use nereid_protocol::{DataType, DeviceData, Error, Tensor};
 
 use super::{Backend, LoadContext};
 
@@ -56,6 +64,85 @@ impl From<KernelError> for GpuLoadError {
         } else {
             GpuLoadError::Device(e.to_string())
         }
+    }
+}
+
+/// FP32 elements in a device buffer that an instance produced: `range` of `buffer`. Views share
+/// the buffer, which is freed when the last of them is dropped.
+#[derive(Debug, Clone)]
+pub struct GpuTensor {
+    /// The producing instance's handle: downloads and joins run on its stream.
+    gpu: Gpu,
+    buffer: Arc<CudaSlice<f32>>,
+    /// In elements.
+    range: Range<usize>,
+}
+
+fn kernel_error(e: KernelError) -> Error {
+    Error::internal(format!("GPU tensor: {e}"))
+}
+
+impl DeviceData for GpuTensor {
+    fn ordinal(&self) -> usize {
+        self.gpu.ordinal()
+    }
+
+    fn len(&self) -> usize {
+        self.range.len() * std::mem::size_of::<f32>()
+    }
+
+    fn slice(&self, bytes: Range<usize>) -> Arc<dyn DeviceData> {
+        // The scheduler cuts on row boundaries of FP32 tensors: whole elements.
+        let size = std::mem::size_of::<f32>();
+        let start = (self.range.start + bytes.start / size).min(self.range.end);
+        let end = (self.range.start + bytes.end / size).clamp(start, self.range.end);
+        Arc::new(GpuTensor {
+            gpu: self.gpu.clone(),
+            buffer: Arc::clone(&self.buffer),
+            range: start..end,
+        })
+    }
+
+    fn concat(&self, rest: &[Arc<dyn DeviceData>]) -> Result<Arc<dyn DeviceData>, Error> {
+        let mut parts = vec![self];
+        for other in rest {
+            let part = other.as_any().downcast_ref::<GpuTensor>().ok_or_else(|| {
+                Error::internal("cannot join device tensors of different backends. This is a bug.")
+            })?;
+            parts.push(part);
+        }
+        let total: usize = parts.iter().map(|p| p.range.len()).sum();
+        let mut joined = self.gpu.zeros::<f32>(total).map_err(kernel_error)?;
+        let mut offset = 0;
+        for part in parts {
+            let n = part.range.len();
+            self.gpu
+                .copy(
+                    &part.buffer.slice(part.range.clone()),
+                    &mut joined.slice_mut(offset..offset + n),
+                )
+                .map_err(kernel_error)?;
+            offset += n;
+        }
+        // Complete before another instance's stream reads it.
+        self.gpu.synchronize().map_err(kernel_error)?;
+        Ok(Arc::new(GpuTensor {
+            gpu: self.gpu.clone(),
+            buffer: Arc::new(joined),
+            range: 0..total,
+        }))
+    }
+
+    fn to_host(&self) -> Result<bytes::Bytes, Error> {
+        let values = self
+            .gpu
+            .download(&self.buffer.slice(self.range.clone()))
+            .map_err(kernel_error)?;
+        Ok(bytes::Bytes::copy_from_slice(bytemuck::cast_slice(&values)))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
@@ -297,9 +384,22 @@ impl CudaBackend {
     /// Runs `batch` rows already in the pinned input buffer through the model; the outputs end
     /// up in the first `batch * classes` elements of the pinned output buffer.
     fn run(&mut self, batch: usize) -> Result<(), KernelError> {
+        let n_in = batch * self.features;
+        self.gpu
+            .upload_pinned(&mut self.upload, &mut self.x.slice_mut(..n_in))?;
+        let n_out = batch * self.classes;
+        let output = self.compute(batch)?;
+        let (h0, h1) = (&self.h[0], &self.h[1]);
+        let result = if output == 0 { h0 } else { h1 };
+        self.gpu
+            .download_pinned(&result.slice(..n_out), &mut self.download)
+    }
+
+    /// Runs `batch` rows that are already in the device input buffer `x` through the model and
+    /// returns which of the two `h` buffers holds the `batch * classes` outputs.
+    fn compute(&mut self, batch: usize) -> Result<usize, KernelError> {
         let gpu = &self.gpu;
         let n_in = batch * self.features;
-        gpu.upload_pinned(&mut self.upload, &mut self.x.slice_mut(..n_in))?;
         let input = match &self.normalize {
             Some(n) => {
                 gpu.standardize_f32(
@@ -333,8 +433,8 @@ impl CudaBackend {
             in_features = layer.out_features();
         }
         let n_out = batch * self.classes;
-        let last_even = (self.layers.len() - 1) % 2 == 0;
-        let (logits, other) = if last_even {
+        let last = (self.layers.len() - 1) % 2;
+        let (logits, other) = if last == 0 {
             (&*h0, &mut *h1)
         } else {
             (&*h1, &mut *h0)
@@ -346,15 +446,51 @@ impl CudaBackend {
                 batch,
                 self.classes,
             )?;
-            gpu.download_pinned(&other.slice(..n_out), &mut self.download)
+            Ok(1 - last)
         } else {
-            gpu.download_pinned(&logits.slice(..n_out), &mut self.download)
+            Ok(last)
         }
+    }
+
+    /// Runs `batch` rows of a device tensor through the model, leaving the outputs in a new
+    /// device buffer.
+    fn run_on_device(
+        &mut self,
+        input: Option<&GpuTensor>,
+        batch: usize,
+    ) -> Result<GpuTensor, KernelError> {
+        let n_in = batch * self.features;
+        match input {
+            Some(input) => self.gpu.copy(
+                &input.buffer.slice(input.range.clone()),
+                &mut self.x.slice_mut(..n_in),
+            )?,
+            None => self
+                .gpu
+                .upload_pinned(&mut self.upload, &mut self.x.slice_mut(..n_in))?,
+        }
+        let output = self.compute(batch)?;
+        let n_out = batch * self.classes;
+        let mut result = self.gpu.zeros::<f32>(n_out)?;
+        self.gpu
+            .copy(&self.h[output].slice(..n_out), &mut result.slice_mut(..))?;
+        // Complete before the next step's stream reads it.
+        self.gpu.synchronize()?;
+        Ok(GpuTensor {
+            gpu: self.gpu.clone(),
+            buffer: Arc::new(result),
+            range: 0..n_out,
+        })
     }
 }
 
-impl Backend for CudaBackend {
-    fn execute(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+impl CudaBackend {
+    /// One batch; the outputs stay on the device when `to_device`.
+    fn execute_batch(
+        &mut self,
+        inputs: Vec<Tensor>,
+        to_device: bool,
+    ) -> Result<Vec<Tensor>, Error> {
         let input = inputs.into_iter().next().ok_or_else(|| {
             Error::internal("cuda backend called without an input. This is a bug.")
         })?;
@@ -369,32 +505,65 @@ impl Backend for CudaBackend {
             }
         };
         let n_in = batch * self.features;
-        if input.data.len() != n_in * std::mem::size_of::<f32>() {
+        if input.byte_len() != n_in * std::mem::size_of::<f32>() {
             return Err(Error::internal(format!(
                 "cuda backend of model '{}' got {} bytes for {batch} x {} FP32. This is a bug.",
                 self.model,
-                input.data.len(),
+                input.byte_len(),
                 self.features
             )));
         }
+        let shape = vec![batch as i64, self.classes as i64];
         if batch == 0 {
-            return Ok(vec![Tensor::from_f32(
-                self.output_name.clone(),
-                vec![0, self.classes as i64],
-                &[],
-            )]);
+            return Ok(vec![Tensor::from_f32(self.output_name.clone(), shape, &[])]);
         }
+        // Device memory of this GPU is read in place; anything else comes through the host.
+        let ordinal = self.gpu.ordinal();
+        let resident = input
+            .device
+            .as_ref()
+            .and_then(|d| d.as_any().downcast_ref::<GpuTensor>())
+            .filter(|d| d.ordinal() == ordinal)
+            .cloned();
+        let input = match resident {
+            Some(_) => input,
+            None => input.into_host()?,
+        };
         let run = |this: &mut Self| -> Result<Tensor, KernelError> {
             this.reserve(batch)?;
-            let host = this.upload.as_mut_slice()?;
-            // FP32 tensor data is little-endian, the host's byte order.
-            bytemuck::cast_slice_mut::<f32, u8>(&mut host[..n_in]).copy_from_slice(&input.data);
-            this.run(batch)?;
-            Ok(Tensor::from_f32(
-                this.output_name.clone(),
-                vec![batch as i64, this.classes as i64],
-                &this.download.as_slice()?[..batch * this.classes],
-            ))
+            if resident.is_none() {
+                let host = this.upload.as_mut_slice()?;
+                // FP32 tensor data is little-endian, the host's byte order.
+                bytemuck::cast_slice_mut::<f32, u8>(&mut host[..n_in]).copy_from_slice(&input.data);
+            }
+            if to_device {
+                let output = this.run_on_device(resident.as_ref(), batch)?;
+                return Ok(Tensor::on_device(
+                    this.output_name.clone(),
+                    DataType::Fp32,
+                    shape.clone(),
+                    Arc::new(output),
+                ));
+            }
+            match &resident {
+                Some(input) => {
+                    let output = this.run_on_device(Some(input), batch)?;
+                    let values = this.gpu.download(&output.buffer.slice(..))?;
+                    Ok(Tensor::from_f32(
+                        this.output_name.clone(),
+                        shape.clone(),
+                        &values,
+                    ))
+                }
+                None => {
+                    this.run(batch)?;
+                    Ok(Tensor::from_f32(
+                        this.output_name.clone(),
+                        shape.clone(),
+                        &this.download.as_slice()?[..batch * this.classes],
+                    ))
+                }
+            }
         };
         let output = run(self).map_err(|e| {
             Error::internal(format!(
@@ -403,5 +572,19 @@ impl Backend for CudaBackend {
             ))
         })?;
         Ok(vec![output])
+    }
+}
+
+impl Backend for CudaBackend {
+    fn execute(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        self.execute_batch(inputs, false)
+    }
+
+    fn device(&self) -> Option<usize> {
+        Some(self.gpu.ordinal())
+    }
+
+    fn execute_to_device(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        self.execute_batch(inputs, true)
     }
 }

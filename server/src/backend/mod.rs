@@ -26,7 +26,30 @@ use nereid_protocol::inference::ModelConfig;
 use nereid_protocol::{Error, Tensor};
 
 pub trait Backend: Send {
+    /// Runs one batch; inputs and outputs are on the host.
     fn execute(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error>;
+
+    /// The CUDA device this instance computes on, if any. Only such a backend is handed inputs
+    /// that are already in device memory (its own device's); every other backend gets host
+    /// tensors.
+    fn device(&self) -> Option<usize> {
+        None
+    }
+
+    /// Like [`Backend::execute`], but outputs may be left in the memory of [`Backend::device`]
+    /// (for a next ensemble step on the same device).
+    fn execute_to_device(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        self.execute(inputs)
+    }
+}
+
+/// The device every instance computes on, when they all share one.
+pub fn common_device(instances: &[Box<dyn Backend>]) -> Option<usize> {
+    let first = instances.first()?.device()?;
+    instances
+        .iter()
+        .all(|i| i.device() == Some(first))
+        .then_some(first)
 }
 
 /// What a backend needs to build one instance.
