@@ -474,13 +474,20 @@ const HEAD: Dense = Dense {
     max_batch: 16,
 };
 
-fn pipeline_config(name: &str, encoder: &str, head: &str) -> String {
+/// `encoder` then `head`; with `expose_embedding` the intermediate tensor is also an output of
+/// the ensemble, which makes it travel through the host (the comparison for device passing).
+fn pipeline_config(name: &str, encoder: &str, head: &str, expose_embedding: bool) -> String {
+    let embedding = if expose_embedding {
+        r#", { name: "embedding" data_type: TYPE_FP32 dims: [ 24 ] }"#
+    } else {
+        ""
+    };
     format!(
         r#"name: "{name}"
 platform: "ensemble"
 max_batch_size: 16
 input [ {{ name: "FEATURES" data_type: TYPE_FP32 dims: [ 32 ] }} ]
-output [ {{ name: "SCORES" data_type: TYPE_FP32 dims: [ 6 ] }} ]
+output [ {{ name: "SCORES" data_type: TYPE_FP32 dims: [ 6 ] }}{embedding} ]
 ensemble_scheduling {{ step [
   {{ model_name: "{encoder}" model_version: -1 input_map {{ key: "X" value: "FEATURES" }} output_map {{ key: "Y" value: "embedding" }} }},
   {{ model_name: "{head}" model_version: -1 input_map {{ key: "X" value: "embedding" }} output_map {{ key: "Y" value: "SCORES" }} }}
@@ -520,18 +527,19 @@ async fn gpu_ensemble_keeps_tensors_on_the_device() {
             .file(&format!("{name}/1/model.safetensors"), &weights);
         }
     }
-    for suffix in ["cpu", "gpu"] {
-        let name = format!("pipeline_{suffix}");
-        repo.file(
-            &format!("{name}/config.pbtxt"),
-            pipeline_config(
-                &name,
-                &format!("encoder_{suffix}"),
-                &format!("head_{suffix}"),
-            )
-            .as_bytes(),
+    for (name, suffix, expose) in [
+        ("pipeline_cpu", "cpu", false),
+        ("pipeline_gpu", "gpu", false),
+        ("pipeline_host_gpu", "gpu", true),
+    ] {
+        let config = pipeline_config(
+            name,
+            &format!("encoder_{suffix}"),
+            &format!("head_{suffix}"),
+            expose,
         );
-        std::fs::create_dir_all(repo.dir.path().join(&name).join("1")).expect("version dir");
+        repo.file(&format!("{name}/config.pbtxt"), config.as_bytes());
+        std::fs::create_dir_all(repo.dir.path().join(name).join("1")).expect("version dir");
     }
     let server = repo.serve().await;
     let http = http_client();
@@ -584,6 +592,23 @@ async fn gpu_ensemble_keeps_tensors_on_the_device() {
         metric_value(&page, "nereid_device_resident_inputs", "head_cpu"),
         0.0
     );
+    // The same GPU models with the embedding passed through the host agree too.
+    let x = rng.vec(3 * 32, -3.0, 3.0);
+    let via_host = http_infer(&http, &base, "pipeline_host_gpu", "FEATURES", 3, &x)
+        .await
+        .unwrap();
+    let on_device = http_infer(&http, &base, "pipeline_gpu", "FEATURES", 3, &x)
+        .await
+        .unwrap();
+    assert_eq!(via_host, on_device, "device and host passing agree exactly");
+    // Latency and throughput (printed for BENCHMARKS.md, never asserted): device passing, the
+    // same GPU models through the host, and the CPU models.
+    for model in ["pipeline_gpu", "pipeline_host_gpu", "pipeline_cpu"] {
+        println!(
+            "{}",
+            measure(&grpc, model, "FEATURES", 32, 400, 8).await.unwrap()
+        );
+    }
     server.assert_serving().await;
     server.shutdown().await.expect("clean shutdown");
 }

@@ -30,11 +30,11 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor as CandleTensor};
 use nereid_kernels::{
-    cublas_present, Activation as KernelActivation, CudaSlice, Gpu, KernelError, Linear,
+    cublas_present, Activation as KernelActivation, CudaSlice, CudaView, Gpu, KernelError, Linear,
     PinnedBuffer, PinnedPurpose,
 };
 use nereid_pipeline::model::{
@@ -67,19 +67,113 @@ impl From<KernelError> for GpuLoadError {
     }
 }
 
-/// FP32 elements in a device buffer that an instance produced: `range` of `buffer`. Views share
-/// the buffer, which is freed when the last of them is dropped.
+/// Output buffers an instance hands to the next ensemble step, reused once every view of one is
+/// gone: steady-state traffic allocates no device memory (`cuMemAllocAsync` from a pool that a
+/// stream synchronisation may trim costs far more than these small copies).
+#[derive(Default)]
+struct BufferPool {
+    free: Mutex<Vec<CudaSlice<f32>>>,
+}
+
+/// Buffers kept for reuse per instance; more than this many in flight are freed when returned.
+const POOLED_BUFFERS: usize = 64;
+
+impl BufferPool {
+    /// A buffer of at least `len` elements (`len` > 0).
+    fn take(&self, gpu: &Gpu, len: usize) -> Result<CudaSlice<f32>, KernelError> {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            free.iter()
+                .position(|b| b.len() >= len)
+                .map(|i| free.swap_remove(i))
+        };
+        match reused {
+            Some(buffer) => Ok(buffer),
+            None => gpu.zeros(len),
+        }
+    }
+}
+
+/// A pooled buffer that goes back to its pool when dropped.
+struct PooledBuffer {
+    buffer: Option<CudaSlice<f32>>,
+    pool: Arc<BufferPool>,
+}
+
+impl PooledBuffer {
+    fn slice(&self, range: Range<usize>) -> Result<CudaView<'_, f32>, KernelError> {
+        self.buffer
+            .as_ref()
+            .map(|b| b.slice(range))
+            .ok_or_else(|| KernelError::InvalidArgument {
+                op: "GpuTensor",
+                detail: "buffer already returned".into(),
+            })
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+            if free.len() < POOLED_BUFFERS {
+                free.push(buffer);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PooledBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBuffer")
+            .field("len", &self.buffer.as_ref().map_or(0, |b| b.len()))
+            .finish()
+    }
+}
+
+/// FP32 elements in device memory that instances produced: the concatenation of `parts`, each a
+/// range of a buffer. Slicing and joining only rearrange parts; the consuming instance gathers
+/// them into its input buffer on its own stream.
 #[derive(Debug, Clone)]
 pub struct GpuTensor {
-    /// The producing instance's handle: downloads and joins run on its stream.
+    /// A handle on the device, for downloads.
     gpu: Gpu,
-    buffer: Arc<CudaSlice<f32>>,
-    /// In elements.
-    range: Range<usize>,
+    parts: Vec<(Arc<PooledBuffer>, Range<usize>)>,
 }
 
 fn kernel_error(e: KernelError) -> Error {
     Error::internal(format!("GPU tensor: {e}"))
+}
+
+impl GpuTensor {
+    fn elements(&self) -> usize {
+        self.parts.iter().map(|(_, r)| r.len()).sum()
+    }
+
+    /// Copies the elements into the first `n` elements of `dst` on `gpu`'s stream.
+    fn gather_into(
+        &self,
+        gpu: &Gpu,
+        dst: &mut CudaSlice<f32>,
+        n: usize,
+    ) -> Result<(), KernelError> {
+        if self.elements() != n {
+            return Err(KernelError::InvalidArgument {
+                op: "GpuTensor",
+                detail: format!("{} elements for an input of {n}", self.elements()),
+            });
+        }
+        let mut offset = 0;
+        for (buffer, range) in &self.parts {
+            let len = range.len();
+            gpu.copy(
+                &buffer.slice(range.clone())?,
+                &mut dst.slice_mut(offset..offset + len),
+            )?;
+            offset += len;
+        }
+        Ok(())
+    }
 }
 
 impl DeviceData for GpuTensor {
@@ -88,57 +182,52 @@ impl DeviceData for GpuTensor {
     }
 
     fn len(&self) -> usize {
-        self.range.len() * std::mem::size_of::<f32>()
+        self.elements() * std::mem::size_of::<f32>()
     }
 
     fn slice(&self, bytes: Range<usize>) -> Arc<dyn DeviceData> {
         // The scheduler cuts on row boundaries of FP32 tensors: whole elements.
         let size = std::mem::size_of::<f32>();
-        let start = (self.range.start + bytes.start / size).min(self.range.end);
-        let end = (self.range.start + bytes.end / size).clamp(start, self.range.end);
+        let (want_start, want_end) = (bytes.start / size, bytes.end / size);
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        for (buffer, range) in &self.parts {
+            let (start, end) = (offset, offset + range.len());
+            offset = end;
+            let (from, to) = (want_start.max(start), want_end.min(end));
+            if from < to {
+                let base = range.start;
+                parts.push((Arc::clone(buffer), base + from - start..base + to - start));
+            }
+        }
         Arc::new(GpuTensor {
             gpu: self.gpu.clone(),
-            buffer: Arc::clone(&self.buffer),
-            range: start..end,
+            parts,
         })
     }
 
     fn concat(&self, rest: &[Arc<dyn DeviceData>]) -> Result<Arc<dyn DeviceData>, Error> {
-        let mut parts = vec![self];
+        let mut parts = self.parts.clone();
         for other in rest {
-            let part = other.as_any().downcast_ref::<GpuTensor>().ok_or_else(|| {
+            let other = other.as_any().downcast_ref::<GpuTensor>().ok_or_else(|| {
                 Error::internal("cannot join device tensors of different backends. This is a bug.")
             })?;
-            parts.push(part);
+            parts.extend(other.parts.iter().cloned());
         }
-        let total: usize = parts.iter().map(|p| p.range.len()).sum();
-        let mut joined = self.gpu.zeros::<f32>(total).map_err(kernel_error)?;
-        let mut offset = 0;
-        for part in parts {
-            let n = part.range.len();
-            self.gpu
-                .copy(
-                    &part.buffer.slice(part.range.clone()),
-                    &mut joined.slice_mut(offset..offset + n),
-                )
-                .map_err(kernel_error)?;
-            offset += n;
-        }
-        // Complete before another instance's stream reads it.
-        self.gpu.synchronize().map_err(kernel_error)?;
         Ok(Arc::new(GpuTensor {
             gpu: self.gpu.clone(),
-            buffer: Arc::new(joined),
-            range: 0..total,
+            parts,
         }))
     }
 
     fn to_host(&self) -> Result<bytes::Bytes, Error> {
-        let values = self
-            .gpu
-            .download(&self.buffer.slice(self.range.clone()))
-            .map_err(kernel_error)?;
-        Ok(bytes::Bytes::copy_from_slice(bytemuck::cast_slice(&values)))
+        let mut out = Vec::with_capacity(self.len());
+        for (buffer, range) in &self.parts {
+            let view = buffer.slice(range.clone()).map_err(kernel_error)?;
+            let values = self.gpu.download(&view).map_err(kernel_error)?;
+            out.extend_from_slice(bytemuck::cast_slice(&values));
+        }
+        Ok(bytes::Bytes::from(out))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -181,6 +270,8 @@ pub struct CudaBackend {
     output_name: String,
     /// For error messages.
     model: String,
+    /// Buffers for outputs left on the device.
+    pool: Arc<BufferPool>,
 }
 
 /// The device activation for a hidden layer.
@@ -346,6 +437,7 @@ impl CudaBackend {
             capacity: 0,
             output_name: output.name.clone(),
             model: name.clone(),
+            pool: Arc::default(),
         };
         backend.reserve(capacity)?;
         // One batch of zeros end to end: compiles the kernels, creates the cuBLAS handle and
@@ -384,15 +476,8 @@ impl CudaBackend {
     /// Runs `batch` rows already in the pinned input buffer through the model; the outputs end
     /// up in the first `batch * classes` elements of the pinned output buffer.
     fn run(&mut self, batch: usize) -> Result<(), KernelError> {
-        let n_in = batch * self.features;
-        self.gpu
-            .upload_pinned(&mut self.upload, &mut self.x.slice_mut(..n_in))?;
-        let n_out = batch * self.classes;
-        let output = self.compute(batch)?;
-        let (h0, h1) = (&self.h[0], &self.h[1]);
-        let result = if output == 0 { h0 } else { h1 };
-        self.gpu
-            .download_pinned(&result.slice(..n_out), &mut self.download)
+        self.load_input(None, batch)?;
+        self.run_to_host(batch)
     }
 
     /// Runs `batch` rows that are already in the device input buffer `x` through the model and
@@ -452,35 +537,49 @@ impl CudaBackend {
         }
     }
 
-    /// Runs `batch` rows of a device tensor through the model, leaving the outputs in a new
-    /// device buffer.
-    fn run_on_device(
+    /// Puts `batch` rows into the device input buffer `x`: gathered from device memory, or
+    /// uploaded from the pinned input buffer.
+    fn load_input(
         &mut self,
-        input: Option<&GpuTensor>,
+        resident: Option<&GpuTensor>,
         batch: usize,
-    ) -> Result<GpuTensor, KernelError> {
+    ) -> Result<(), KernelError> {
         let n_in = batch * self.features;
-        match input {
-            Some(input) => self.gpu.copy(
-                &input.buffer.slice(input.range.clone()),
-                &mut self.x.slice_mut(..n_in),
-            )?,
+        match resident {
+            Some(input) => input.gather_into(&self.gpu, &mut self.x, n_in),
             None => self
                 .gpu
-                .upload_pinned(&mut self.upload, &mut self.x.slice_mut(..n_in))?,
+                .upload_pinned(&mut self.upload, &mut self.x.slice_mut(..n_in)),
         }
+    }
+
+    /// Runs the loaded `batch` rows and leaves the outputs in a pooled device buffer.
+    fn run_to_device(&mut self, batch: usize) -> Result<GpuTensor, KernelError> {
         let output = self.compute(batch)?;
         let n_out = batch * self.classes;
-        let mut result = self.gpu.zeros::<f32>(n_out)?;
-        self.gpu
-            .copy(&self.h[output].slice(..n_out), &mut result.slice_mut(..))?;
+        let mut result = self.pool.take(&self.gpu, n_out)?;
+        self.gpu.copy(
+            &self.h[output].slice(..n_out),
+            &mut result.slice_mut(..n_out),
+        )?;
         // Complete before the next step's stream reads it.
         self.gpu.synchronize()?;
+        let buffer = PooledBuffer {
+            buffer: Some(result),
+            pool: Arc::clone(&self.pool),
+        };
         Ok(GpuTensor {
             gpu: self.gpu.clone(),
-            buffer: Arc::new(result),
-            range: 0..n_out,
+            parts: vec![(Arc::new(buffer), 0..n_out)],
         })
+    }
+
+    /// Runs the loaded `batch` rows and downloads the outputs into the pinned output buffer.
+    fn run_to_host(&mut self, batch: usize) -> Result<(), KernelError> {
+        let output = self.compute(batch)?;
+        let n_out = batch * self.classes;
+        self.gpu
+            .download_pinned(&self.h[output].slice(..n_out), &mut self.download)
     }
 }
 
@@ -536,8 +635,9 @@ impl CudaBackend {
                 // FP32 tensor data is little-endian, the host's byte order.
                 bytemuck::cast_slice_mut::<f32, u8>(&mut host[..n_in]).copy_from_slice(&input.data);
             }
+            this.load_input(resident.as_ref(), batch)?;
             if to_device {
-                let output = this.run_on_device(resident.as_ref(), batch)?;
+                let output = this.run_to_device(batch)?;
                 return Ok(Tensor::on_device(
                     this.output_name.clone(),
                     DataType::Fp32,
@@ -545,25 +645,12 @@ impl CudaBackend {
                     Arc::new(output),
                 ));
             }
-            match &resident {
-                Some(input) => {
-                    let output = this.run_on_device(Some(input), batch)?;
-                    let values = this.gpu.download(&output.buffer.slice(..))?;
-                    Ok(Tensor::from_f32(
-                        this.output_name.clone(),
-                        shape.clone(),
-                        &values,
-                    ))
-                }
-                None => {
-                    this.run(batch)?;
-                    Ok(Tensor::from_f32(
-                        this.output_name.clone(),
-                        shape.clone(),
-                        &this.download.as_slice()?[..batch * this.classes],
-                    ))
-                }
-            }
+            this.run_to_host(batch)?;
+            Ok(Tensor::from_f32(
+                this.output_name.clone(),
+                shape.clone(),
+                &this.download.as_slice()?[..batch * this.classes],
+            ))
         };
         let output = run(self).map_err(|e| {
             Error::internal(format!(
