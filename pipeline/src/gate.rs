@@ -321,7 +321,7 @@ pub fn evaluate(
     let y = data
         .target
         .tensor_of(&info.test_rows)
-        .ok_or_else(|| outside(rows))??;
+        .ok_or_else(|| GateError::Invalid("a test row is outside the dataset".into()))??;
     let task = info.task;
 
     let spec = info.spec()?;

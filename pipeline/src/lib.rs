@@ -21,8 +21,10 @@
 //! the server's `candle` backend: ArchitectureSpec from config `parameters` + weights -> forward
 //! ```
 //!
-//! - [`store`] owns the feature-store layout and catalog; [`profile`] the statistics profiles;
-//!   [`join`] feature views and point-in-time joins.
+//! - [`store`] owns the feature-store layout and catalog, kept through [`storage`] (read,
+//!   create-if-absent, list) in a local directory or on object storage ([`location`] parses
+//!   paths and `s3://`/`gs://`/`az://`/`file://` URLs, for the server's remote repositories
+//!   too); [`profile`] the statistics profiles; [`join`] feature views and point-in-time joins.
 //! - [`model`] owns the file contract (`normalize.*`, `layers.{i}.*` tensor names) and the
 //!   `nereid.*` config parameters that name an architecture; it is the only place either is read.
 //! - [`train`] produces tensors under exactly those names, and measures its metrics through

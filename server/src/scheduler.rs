@@ -64,9 +64,20 @@ pub struct Submission {
 }
 
 pub struct Scheduler {
-    submissions: mpsc::UnboundedSender<(Submission, Reply)>,
+    route: Route,
     /// Requests waiting in the queue (`nv_inference_pending_request_count`).
     pending: Arc<AtomicU64>,
+}
+
+/// How requests reach the instances.
+enum Route {
+    /// Through the batcher actor (dynamic batching: batch forming, delays, priorities, queue
+    /// policies, ordering).
+    Batcher(mpsc::UnboundedSender<(Submission, Reply)>),
+    /// Without dynamic batching every request runs alone, first come first served, with no
+    /// queue policy to apply: requests go straight to the queue the idle instances take from,
+    /// with no actor (and no thread hand-off) in between.
+    Direct(crossbeam_channel::Sender<Batch>),
 }
 
 struct Batch {
@@ -75,8 +86,8 @@ struct Batch {
 }
 
 impl Scheduler {
-    /// Starts the batcher task and one worker thread per backend instance. Must be called
-    /// inside a tokio runtime.
+    /// Starts one worker thread per backend instance and, for dynamic batching, the batcher
+    /// task. Must be called inside a tokio runtime.
     pub fn start(
         model: &str,
         policy: Policy,
@@ -93,18 +104,26 @@ impl Scheduler {
             .preserve_ordering
             .then(|| Arc::new(Sequencer::default()));
         let pending = Arc::new(AtomicU64::new(0));
+        let direct = !policy.batching;
         let instance_count = instances.len();
         for (index, backend) in instances.into_iter().enumerate() {
             let worker = Worker {
                 backend,
                 work: work_rx.clone(),
-                idle: idle_tx.clone(),
+                idle: (!direct).then(|| idle_tx.clone()),
+                taken: direct.then(|| Arc::clone(&pending)),
                 stats: Arc::clone(&stats),
                 sequencer: sequencer.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("{model}-{index}"))
                 .spawn(move || worker.run())?;
+        }
+        if direct {
+            return Ok(Scheduler {
+                route: Route::Direct(work_tx),
+                pending,
+            });
         }
         let batcher = Batcher {
             stats: Arc::clone(&stats),
@@ -119,7 +138,7 @@ impl Scheduler {
         };
         runtime.spawn(batcher.run());
         Ok(Scheduler {
-            submissions,
+            route: Route::Batcher(submissions),
             pending,
         })
     }
@@ -132,9 +151,34 @@ impl Scheduler {
     /// Queues a request and waits for its execution.
     pub async fn submit(&self, submission: Submission) -> Result<Executed, Error> {
         let (reply, response) = oneshot::channel();
-        self.submissions
-            .send((submission, reply))
-            .map_err(|_| Error::unavailable("the model's scheduler has stopped"))?;
+        match &self.route {
+            Route::Batcher(submissions) => submissions
+                .send((submission, reply))
+                .map_err(|_| Error::unavailable("the model's scheduler has stopped"))?,
+            Route::Direct(work) => {
+                let entry = Entry {
+                    batch_size: submission.batch_size as usize,
+                    shape_key: Vec::new(),
+                    enqueued: Instant::now(),
+                    deadline: None,
+                    payload: Job {
+                        inputs: submission.inputs,
+                        reply,
+                        sequence: 0,
+                        outputs_on_device: submission.outputs_on_device,
+                    },
+                };
+                self.pending.fetch_add(1, Ordering::Relaxed);
+                let batch = Batch {
+                    entries: vec![entry],
+                    reason: Reason::Single,
+                };
+                if work.send(batch).is_err() {
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(Error::unavailable("model instances have stopped"));
+                }
+            }
+        }
         response
             .await
             .map_err(|_| Error::internal("the model's scheduler dropped the request"))?
@@ -261,29 +305,38 @@ impl Batcher {
         }
     }
 
-    /// Drops requests whose caller has gone; they are never computed.
     fn without_abandoned(&mut self, entries: Vec<Entry<Job>>) -> Vec<Entry<Job>> {
-        let (kept, gone): (Vec<_>, Vec<_>) = entries
-            .into_iter()
-            .partition(|e| !e.payload.reply.is_closed());
-        for entry in gone {
-            // The caller's future is gone, so this is the only place the failure is counted.
-            self.stats
-                .record_failure(entry.enqueued.elapsed(), FailureReason::Canceled);
-            self.finish(
-                entry.payload,
-                Err(Error::new(
-                    nereid_protocol::Code::Cancelled,
-                    "request cancelled by the client",
-                )),
-            );
-        }
-        kept
+        without_abandoned(&self.stats, self.sequencer.as_deref(), entries)
     }
 
     fn finish(&self, job: Job, result: Result<Executed, Error>) {
         deliver(self.sequencer.as_deref(), job.sequence, job.reply, result);
     }
+}
+
+/// Drops requests whose caller has gone; they are never computed.
+fn without_abandoned(
+    stats: &ModelStats,
+    sequencer: Option<&Sequencer>,
+    entries: Vec<Entry<Job>>,
+) -> Vec<Entry<Job>> {
+    let (kept, gone): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|e| !e.payload.reply.is_closed());
+    for entry in gone {
+        // The caller's future is gone, so this is the only place the failure is counted.
+        stats.record_failure(entry.enqueued.elapsed(), FailureReason::Canceled);
+        deliver(
+            sequencer,
+            entry.payload.sequence,
+            entry.payload.reply,
+            Err(Error::new(
+                nereid_protocol::Code::Cancelled,
+                "request cancelled by the client",
+            )),
+        );
+    }
+    kept
 }
 
 fn deliver(
@@ -330,7 +383,10 @@ impl Sequencer {
 struct Worker {
     backend: Box<dyn Backend>,
     work: crossbeam_channel::Receiver<Batch>,
-    idle: mpsc::UnboundedSender<()>,
+    /// Batcher route: tells the batcher this instance is free again.
+    idle: Option<mpsc::UnboundedSender<()>>,
+    /// Direct route: the pending count, which a request leaves when an instance takes it.
+    taken: Option<Arc<AtomicU64>>,
     stats: Arc<ModelStats>,
     sequencer: Option<Arc<Sequencer>>,
 }
@@ -338,10 +394,19 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let work = self.work.clone();
-        for batch in work.iter() {
+        for mut batch in work.iter() {
+            if let Some(pending) = &self.taken {
+                pending.fetch_sub(1, Ordering::Relaxed);
+                batch.entries = without_abandoned(&self.stats, None, batch.entries);
+                if batch.entries.is_empty() {
+                    continue;
+                }
+            }
             self.execute(batch);
-            if self.idle.send(()).is_err() {
-                break;
+            if let Some(idle) = &self.idle {
+                if idle.send(()).is_err() {
+                    break;
+                }
             }
         }
     }
@@ -757,6 +822,26 @@ mod tests {
             *seen.lock().unwrap(),
             vec![1, 3],
             "the abandoned request never ran"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_batcher_pending_counts_requests_no_instance_has_taken() {
+        let (scheduler, seen, _) = start("", 1, Duration::from_millis(100));
+        let submit = |batch| {
+            let s = scheduler.clone();
+            tokio::spawn(async move { s.submit(request(batch, 0.0)).await.map(|_| ()) })
+        };
+        let (running, queued) = (submit(1), submit(2));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(scheduler.pending(), 1, "one runs, one waits");
+        running.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        assert_eq!(scheduler.pending(), 0);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![1, 2],
+            "first come, first served"
         );
     }
 
