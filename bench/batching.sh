@@ -6,23 +6,32 @@
 #
 #   flock /tmp/nereid-cargo.lock bash bench/batching.sh
 #
-# Env: ROUNDS (3), CONFIGS ("http:binary grpc:binary"), CONCURRENCY (64), WINDOW_MS, ...
+# Env: ROUNDS (3), CONFIGS ("http:binary grpc:binary"), CONCURRENCY (64), WINDOW_MS, ...;
+# MODEL: iris_classifier (default, the checked-in 4-16-3 classifier) or mlp_cpu (a 256-1024-1024-16
+# MLP with random weights, written by kernels/ci/gpu_models.py), one instance either way.
 source "$(dirname "$0")/lib.sh"
 
 CONFIGS="${CONFIGS:-http:binary grpc:binary}"
 CONCURRENCY="${CONCURRENCY:-64}"
+MODEL="${MODEL:-iris_classifier}"
 OUT="$(results_dir batching)"
 CSV="$OUT/batching.csv"
 machine_info | tee "$OUT/machine.txt"
 build_release
 (cd "$ROOT" && cargo build --release -q -p nereid-pipeline --example forward_ceiling)
 
-# Two copies of the classifier: `batched` keeps dynamic_batching, `unbatched` drops it.
+# Two copies of the model: `batched` keeps dynamic_batching, `unbatched` drops it.
+source_repo="$ROOT/model-repo"
+if [ "$MODEL" = mlp_cpu ]; then
+    source_repo="$WORK/generated"
+    python3 "$ROOT/kernels/ci/gpu_models.py" write "$ROOT/model-repo" "$source_repo" KIND_CPU
+fi
 repo="$WORK/repo"
 mkdir -p "$repo"
 for name in batched unbatched; do
-    cp -r "$ROOT/model-repo/iris_classifier" "$repo/$name"
-    sed -i "s/^name: \"iris_classifier\"/name: \"$name\"/" "$repo/$name/config.pbtxt"
+    cp -r "$source_repo/$MODEL" "$repo/$name"
+    sed -i -e "s/^name: \"$MODEL\"/name: \"$name\"/" -e 's/count: [0-9]*/count: 1/' \
+        "$repo/$name/config.pbtxt"
 done
 sed -i '/^dynamic_batching/d' "$repo/unbatched/config.pbtxt"
 grep -q dynamic_batching "$repo/batched/config.pbtxt"
@@ -69,7 +78,7 @@ for batch in 1 "$avg_batch"; do
 done
 
 python3 "$ROOT/bench/summarize.py" "$CSV" --baseline unbatched --subject batched \
-    --title "Dynamic batching: iris_classifier at concurrency $CONCURRENCY" | tee "$OUT/summary.md"
+    --title "Dynamic batching: $MODEL at concurrency $CONCURRENCY" | tee "$OUT/summary.md"
 echo "average batch size (batched): $avg_batch" | tee -a "$OUT/summary.md"
 cat "$OUT/ceiling.jsonl" >> "$OUT/summary.md"
 echo "raw results: $OUT"
