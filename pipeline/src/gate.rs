@@ -510,10 +510,12 @@ pub struct PublishConfig {
     pub server_url: Option<String>,
 }
 
-fn default_input() -> String {
+/// Default input tensor name of a published model (also the pipeline's `publish` step's).
+pub(crate) fn default_input() -> String {
     "INPUT".into()
 }
-fn default_max_batch() -> u32 {
+/// Default `max_batch_size` of a published model (also the pipeline's `publish` step's).
+pub(crate) fn default_max_batch() -> u32 {
     64
 }
 

@@ -252,21 +252,14 @@ struct JoinParams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishParams {
-    #[serde(default = "default_input")]
+    #[serde(default = "crate::gate::default_input")]
     input_name: String,
     #[serde(default)]
     output_name: Option<String>,
-    #[serde(default = "default_max_batch")]
+    #[serde(default = "crate::gate::default_max_batch")]
     max_batch_size: u32,
     #[serde(default)]
     server_url: Option<String>,
-}
-
-fn default_input() -> String {
-    "INPUT".into()
-}
-fn default_max_batch() -> u32 {
-    64
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -614,6 +614,24 @@ fn features_and_train_commands_work_end_to_end() {
     ])
     .is_err());
 
+    // The same commands with the store behind a URL (object storage; `file://` here).
+    let url = format!("file://{}", ws.path("object-store").display());
+    cli(&["nereid", "features", "ingest", &csv, "--store", &url]).expect("ingest to a URL");
+    cli(&["nereid", "features", "versions", "iris", "--store", &url]).expect("versions at a URL");
+    cli(&["nereid", "features", "verify", "--store", &url]).expect("verify at a URL");
+    let remote = FeatureStore::open_at(&url).expect("open the URL store");
+    assert_eq!(
+        remote.resolve("iris").expect("iris").id,
+        fs.resolve("iris@1").expect("v1").id,
+        "same content, same id, wherever the store is"
+    );
+    let err = cli(&["nereid", "features", "versions", "--store", "ftp://host/x"])
+        .expect_err("unsupported scheme");
+    assert!(
+        format!("{err:#}").contains("unsupported URL scheme 'ftp://'"),
+        "{err:#}"
+    );
+
     // Tracked training from the CLI.
     let train = |extra: &[&str]| {
         let mut args = vec![

@@ -213,7 +213,8 @@ impl Batcher {
             while self.idle_instances > 0 {
                 match self.state.next_batch(now) {
                     Decision::Send(entries, reason) => {
-                        let entries = self.without_abandoned(entries);
+                        let entries =
+                            without_abandoned(&self.stats, self.sequencer.as_deref(), entries);
                         if entries.is_empty() {
                             continue;
                         }
@@ -303,10 +304,6 @@ impl Batcher {
                 Err(Error::unavailable("Exceeds maximum queue size")),
             );
         }
-    }
-
-    fn without_abandoned(&mut self, entries: Vec<Entry<Job>>) -> Vec<Entry<Job>> {
-        without_abandoned(&self.stats, self.sequencer.as_deref(), entries)
     }
 
     fn finish(&self, job: Job, result: Result<Executed, Error>) {
