@@ -182,7 +182,7 @@ mod tests {
             None => {
                 let why = unavailable_reason().expect("a reason when there is no sample");
                 assert!(why.contains("NVML"), "{why}");
-                println!("SKIPPED: NVML: {why}");
+                nereid_testkit::skip(&nereid_testkit::GPU, why);
             }
         }
     }

@@ -3,8 +3,9 @@
 //! Inf inputs, ties, k larger than the row, misaligned views, both shared-memory and global
 //! paths. Each test is written once as `fn t_*(gpu, rng)` and runs on every CUDA device.
 //!
-//! Without a driver, device or NVRTC each test prints `SKIPPED: GPU kernel tests: <reason>` and
-//! passes, so `cargo test` stays green on CPU-only machines and CI.
+//! Without a driver, device or NVRTC each test prints `SKIPPED: GPU tests: GPU kernel tests:
+//! <reason>` and passes, so `cargo test` stays green on CPU-only machines and CI;
+//! `NEREID_REQUIRE_SUITES=gpu` turns that into a failure on a machine that should have a GPU.
 
 use nereid_kernels::half::f16;
 use nereid_kernels::testing::{check_close, check_exact, seed, Rng};
@@ -16,7 +17,7 @@ use nereid_kernels::{
 fn on_every_device(name: &str, t: fn(&Gpu, &mut Rng)) {
     let gpus = match Gpu::new(0) {
         Err(e) if e.is_unavailable() => {
-            println!("SKIPPED: GPU kernel tests: {e}");
+            nereid_testkit::skip(&nereid_testkit::GPU, format!("GPU kernel tests: {e}"));
             return;
         }
         Err(e) => panic!("opening CUDA device 0: {e}"),

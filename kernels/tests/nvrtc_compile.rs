@@ -8,10 +8,9 @@
 //!
 //! A kernel that does not compile (or compiles with warnings, or lacks an entry point) fails the
 //! test. The only skip, printed as `SKIPPED: NVRTC compile check: <reason>`, is a machine
-//! without Python/pip to install the wheel with.
+//! without Python/pip to install the wheel with; under CI that fails too (nereid-testkit).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use nereid_kernels::{
@@ -28,17 +27,10 @@ fn setup() -> &'static Result<String, String> {
             return Ok("NVRTC from NEREID_CUDA_LIB_DIRS or the loader path".into());
         }
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ci/nvrtc-venv.sh");
-        let out = match Command::new("bash").arg(&script).output() {
-            Ok(out) => out,
-            Err(e) => return Err(format!("cannot run bash {}: {e}", script.display())),
+        let dir = match nereid_testkit::run_installer(&script) {
+            Ok(dir) => PathBuf::from(dir),
+            Err(reason) => return Err(format!("no Python/pip to install NVRTC: {reason}")),
         };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        match out.status.code() {
-            Some(0) => {}
-            Some(3) => return Err(format!("no Python/pip to install NVRTC: {}", stderr.trim())),
-            _ => panic!("{} failed ({}):\n{stderr}", script.display(), out.status),
-        }
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let loaded = load_cuda_libraries(std::slice::from_ref(&dir))
             .unwrap_or_else(|e| panic!("loading NVRTC from {}: {e}", dir.display()));
         assert!(
@@ -50,7 +42,7 @@ fn setup() -> &'static Result<String, String> {
     })
 }
 
-/// Runs `f` when NVRTC is available, else prints the skip line.
+/// Runs `f` when NVRTC is available, else skips (or fails where the suite is required).
 fn with_nvrtc(f: impl FnOnce()) {
     match setup() {
         Ok(how) => {
@@ -58,7 +50,7 @@ fn with_nvrtc(f: impl FnOnce()) {
             println!("NVRTC {major}.{minor} ({how})");
             f();
         }
-        Err(reason) => println!("SKIPPED: NVRTC compile check: {reason}"),
+        Err(reason) => nereid_testkit::skip(&nereid_testkit::NVRTC, reason),
     }
 }
 

@@ -3,8 +3,8 @@
 # the path of its `mlflow` executable on stdout (nothing else goes to stdout). tests/mlflow.rs
 # runs this to mirror runs to a real server; anyone can run it by hand too.
 #
-# Exit status: 0 ok; 3 python3, its venv module or pip is missing (the test then skips, saying
-# why); anything else is a real failure (for example no network), which fails the test.
+# Exit status: 0 ok; 3 python3 (3.11 or newer), its venv module or pip is missing (the test then
+# skips, saying why, or fails where it is required: see nereid-testkit); anything else is a real failure (for example no network), which fails the test.
 # The first install takes about a minute and 360 MB: the tracking server's own dependencies on top
 # of mlflow-skinny, not the full `mlflow` package (850 MB with scikit-learn, scipy, pyarrow and
 # matplotlib, none of which the server needs). No pip cache is written.
@@ -32,6 +32,10 @@ if [ -f "$marker" ] && [ -x "$venv/bin/mlflow" ]; then
 fi
 if ! command -v python3 >/dev/null 2>&1; then
     echo "python3 not found" >&2
+    exit 3
+fi
+if ! python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1; then
+    echo "$(python3 --version 2>&1) is older than 3.11, which the pinned MLflow server needs" >&2
     exit 3
 fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

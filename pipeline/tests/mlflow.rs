@@ -4,7 +4,8 @@
 //! into `pipeline/.venv-mlflow` (about a minute the first time), and is started here with a
 //! SQLite backend on a free loopback port, in its own process group so that its workers are
 //! stopped with it. The only skip, printed as `SKIPPED: MLflow mirroring: <reason>`, is a machine
-//! without Python/pip to install it with; any other installation failure fails the test.
+//! without Python 3.11+/pip to install it with, and it fails instead under CI (nereid-testkit);
+//! any other installation failure fails the test.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -22,19 +23,9 @@ use nereid_pipeline::training::{train_from_dataset, TrackingOptions, TrainSpec};
 /// `Ok(path of the mlflow executable)` or `Err(reason to skip)`.
 fn install() -> Result<PathBuf, String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ci/mlflow-venv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .map_err(|e| format!("cannot run bash {}: {e}", script.display()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match out.status.code() {
-        Some(0) => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())),
-        Some(3) => Err(format!(
-            "no Python/pip to install MLflow: {}",
-            stderr.trim()
-        )),
-        _ => panic!("{} failed ({}):\n{stderr}", script.display(), out.status),
-    }
+    nereid_testkit::run_installer(&script)
+        .map(PathBuf::from)
+        .map_err(|reason| format!("no Python/pip to install MLflow: {reason}"))
 }
 
 /// A tracking server in its own process group, stopped on drop.
@@ -167,7 +158,7 @@ fn runs_are_mirrored_to_a_real_mlflow_server() {
     let mlflow = match install() {
         Ok(path) => path,
         Err(reason) => {
-            println!("SKIPPED: MLflow mirroring: {reason}");
+            nereid_testkit::skip(&nereid_testkit::MLFLOW, reason);
             return;
         }
     };

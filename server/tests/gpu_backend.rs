@@ -8,7 +8,8 @@
 //! - `gpu_outputs_match_cpu`: several architectures (MLP with normalisation and softmax, MLP with
 //!   tanh and sigmoid on odd widths, linear, logistic), two GPU instances each, over HTTP and
 //!   gRPC, batch sizes 1 to `max_batch_size`, concurrent requests. Prints
-//!   `SKIPPED: GPU backend tests: <reason>` and passes without a GPU.
+//!   `SKIPPED: GPU tests: GPU backend tests: <reason>` and passes without a GPU (fails instead
+//!   under `NEREID_REQUIRE_SUITES=gpu`).
 //! - `gpu_ensemble_keeps_tensors_on_the_device`: an ensemble of two GPU models (encoder ->
 //!   head) against the same ensemble of CPU models, one request at a time and concurrently
 //!   (batched); the head must have read its input from device memory
@@ -388,7 +389,7 @@ async fn kind_gpu_and_kind_auto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gpu_outputs_match_cpu() {
     if let Some(reason) = no_gpu_reason() {
-        println!("SKIPPED: GPU backend tests: {reason}");
+        nereid_testkit::skip(&nereid_testkit::GPU, format!("GPU backend tests: {reason}"));
         return;
     }
     let mut rng = Rng(0x6e65_7265_6964);
@@ -508,7 +509,7 @@ fn metric_value(page: &str, family: &str, model: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gpu_ensemble_keeps_tensors_on_the_device() {
     if let Some(reason) = no_gpu_reason() {
-        println!("SKIPPED: GPU backend tests: {reason}");
+        nereid_testkit::skip(&nereid_testkit::GPU, format!("GPU backend tests: {reason}"));
         return;
     }
     let mut rng = Rng(0x656e_7365_6d62);
