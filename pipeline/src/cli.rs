@@ -163,7 +163,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub dataset: String,
     /// What to predict: class probabilities or a numeric target.
-    #[arg(long, value_enum, default_value_t = Task::Classification)]
+    #[arg(
+        long,
+        default_value_t = Task::Classification,
+        value_parser = clap::builder::TypedValueParser::try_map(
+            clap::builder::PossibleValuesParser::new(["classification", "regression"]),
+            |s| s.parse::<Task>()
+        )
+    )]
     pub task: Task,
     /// Feature columns, in model input order.
     #[arg(long, value_delimiter = ',', required = true)]

@@ -22,7 +22,6 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ArchitectureSpec, DenseModel};
-use crate::profile::Profile;
 use crate::publish::{
     model_versions, publish_next_version, PublishError, CONFIG_FILE, LABELS_FILE, MODEL_FILE,
 };
@@ -33,7 +32,7 @@ use crate::training::{training_data, ModelInfo, TrainingError, WEIGHTS_FILE};
 use crate::util::{now_rfc3339, sha256_file, to_json_pretty, write_atomic};
 
 /// Drift reference shipped with a published version.
-pub const REFERENCE_FILE: &str = "reference.json";
+pub use nereid_monitor::reference::REFERENCE_FILE;
 /// Provenance shipped with a published version.
 pub const LINEAGE_FILE: &str = "lineage.json";
 
@@ -557,21 +556,7 @@ pub struct Lineage {
 }
 
 /// `reference.json` of a published version: what drift monitors compare live inputs with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reference {
-    pub format: u32,
-    #[serde(default)]
-    pub task: Task,
-    pub dataset_version: String,
-    /// Model input `input_name[i]` is feature `features[i]`.
-    pub input_name: String,
-    pub features: Vec<String>,
-    pub label: String,
-    /// Class names in output order (empty for regression).
-    pub classes: Vec<String>,
-    /// Profile of the rows the model was trained, validated and tested on.
-    pub profile: Profile,
-}
+pub use nereid_monitor::reference::{PredictionReference, Reference, REFERENCE_FORMAT};
 
 /// The result of [`publish`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -663,8 +648,17 @@ pub fn publish(
                     let weights = staging.join(MODEL_FILE);
                     std::fs::copy(candidate_dir.join(WEIGHTS_FILE), &weights)
                         .map_err(io(&weights))?;
+                    let prediction = info
+                        .reference
+                        .columns
+                        .iter()
+                        .any(|c| c.name == info.prediction_column)
+                        .then(|| PredictionReference {
+                            output: config.output_name(info.task).to_string(),
+                            column: info.prediction_column.clone(),
+                        });
                     let reference = Reference {
-                        format: 1,
+                        format: REFERENCE_FORMAT,
                         task: info.task,
                         dataset_version: info.dataset_version.clone(),
                         input_name: config.input_name.clone(),
@@ -672,6 +666,8 @@ pub fn publish(
                         label: info.label.clone(),
                         classes: info.classes.clone(),
                         profile: info.reference.clone(),
+                        inputs: Vec::new(),
+                        prediction,
                     };
                     let path = staging.join(REFERENCE_FILE);
                     write_atomic(&path, &to_json_pretty(&reference)).map_err(io(&path))?;

@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use serde::{Deserialize, Serialize};
 
 use crate::model::{
     layer_bias_name, layer_weight_name, Activation, Architecture, ArchitectureSpec, DenseModel,
@@ -85,31 +84,8 @@ const STREAM_SPLIT: u64 = 1;
 const STREAM_INIT: u64 = 2;
 const STREAM_BATCHES: u64 = 3;
 
-/// What a model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// One probability per class (softmax output), trained on cross-entropy.
-    #[default]
-    Classification,
-    /// Real-valued outputs, trained on mean squared error.
-    Regression,
-}
-
-impl Task {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Classification => "classification",
-            Task::Regression => "regression",
-        }
-    }
-}
-
-impl std::fmt::Display for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// What a model predicts (defined with the reference profiles that record it).
+pub use nereid_monitor::Task;
 
 /// What the model learns to predict, row-aligned with the feature matrix.
 #[derive(Debug, Clone, Copy)]

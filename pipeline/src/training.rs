@@ -28,7 +28,7 @@ use arrow::datatypes::{DataType, Float32Type};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Activation, ArchitectureSpec};
-use crate::profile::{profile_batch, Profile};
+use crate::profile::{reference_profile_batch, Profile};
 use crate::publish::LABELS_FILE;
 use crate::store::{FeatureStore, StoreError};
 use crate::tracking::{CodeRevision, MetricPoint, RunRecord, RunStatus, Tracker, TrackingError};
@@ -489,8 +489,13 @@ pub struct ModelInfo {
     pub metrics: BTreeMap<String, f64>,
     /// SHA-256 of `model.safetensors`.
     pub weights_sha256: String,
-    /// The training data's statistics (feature columns in input order, then the label).
+    /// The training data's statistics (feature columns in input order, the label, then the
+    /// model's own predictions on the same rows under `prediction_column`).
     pub reference: Profile,
+    /// The reference profile's column of the model's predictions (empty in runs recorded
+    /// before predictions were profiled).
+    #[serde(default)]
+    pub prediction_column: String,
 }
 
 impl ModelInfo {
@@ -696,6 +701,77 @@ fn run_training(
     write_artifacts(dir, version, spec, &data, &model, record, metrics)
 }
 
+/// `prediction`, or a name no column of `columns` has.
+fn prediction_column_name(columns: &RecordBatch) -> String {
+    let mut name = "prediction".to_string();
+    while columns.schema().column_with_name(&name).is_some() {
+        name.insert(0, '_');
+    }
+    name
+}
+
+/// `data.columns` plus the trained model's prediction for every row (the class name for
+/// classifiers, the value for regressors), as drift monitors compare live predictions with.
+fn predictions_batch(
+    model: &TrainedModel,
+    data: &TrainingData,
+    column: &str,
+) -> Result<RecordBatch, TrainingError> {
+    use arrow::array::{Float64Array, StringArray};
+    let rows = data.features.len() / data.n_features.max(1);
+    let forward = || -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+        let dense = model.to_dense_model()?;
+        let x = candle_core::Tensor::from_slice(
+            &data.features,
+            (rows, data.n_features),
+            &candle_core::Device::Cpu,
+        )?;
+        Ok(dense.forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let outputs = forward().map_err(|e| TrainingError::Data {
+        dataset: String::new(),
+        message: format!("cannot compute the model's predictions for the reference: {e}"),
+    })?;
+    let per_row = outputs.len() / rows.max(1);
+    let predicted: ArrayRef = match &data.target {
+        TargetData::Classes { classes, .. } => std::sync::Arc::new(StringArray::from(
+            outputs
+                .chunks(per_row.max(1))
+                .map(|scores| {
+                    let best = scores
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (i, v)| if *v > b.1 { (i, *v) } else { b },
+                        )
+                        .0;
+                    classes
+                        .get(best)
+                        .cloned()
+                        .unwrap_or_else(|| best.to_string())
+                })
+                .collect::<Vec<String>>(),
+        )),
+        TargetData::Values(_) => std::sync::Arc::new(Float64Array::from(
+            outputs.iter().map(|v| f64::from(*v)).collect::<Vec<f64>>(),
+        )),
+    };
+    let mut fields: Vec<(String, ArrayRef)> = data
+        .columns
+        .schema()
+        .fields()
+        .iter()
+        .zip(data.columns.columns())
+        .map(|(f, a)| (f.name().clone(), a.clone()))
+        .collect();
+    fields.push((column.to_string(), predicted));
+    RecordBatch::try_from_iter(fields).map_err(|e| TrainingError::Data {
+        dataset: String::new(),
+        message: e.to_string(),
+    })
+}
+
 fn write_artifacts(
     dir: &Path,
     version: &crate::store::DatasetVersion,
@@ -719,10 +795,13 @@ fn write_artifacts(
         let labels_path = dir.join(LABELS_FILE);
         write_atomic(&labels_path, labels.as_bytes()).map_err(io(&labels_path))?;
     }
-    let reference = profile_batch(&data.columns).map_err(|e| TrainingError::Data {
-        dataset: version.id.clone(),
-        message: e.to_string(),
-    })?;
+    let prediction_column = prediction_column_name(&data.columns);
+    let with_predictions = predictions_batch(model, data, &prediction_column)?;
+    let reference =
+        reference_profile_batch(&with_predictions).map_err(|e| TrainingError::Data {
+            dataset: version.id.clone(),
+            message: e.to_string(),
+        })?;
     let info = ModelInfo {
         task: spec.task,
         run_id: record.id.clone(),
@@ -743,6 +822,7 @@ fn write_artifacts(
         metrics,
         weights_sha256,
         reference,
+        prediction_column,
     };
     let info_path = dir.join(MODEL_INFO_FILE);
     write_atomic(&info_path, &to_json_pretty(&info)).map_err(io(&info_path))?;

@@ -323,7 +323,8 @@ fn the_gate_publishes_only_a_better_candidate_with_reference_and_lineage() {
             "sepal_width",
             "petal_length",
             "petal_width",
-            "species"
+            "species",
+            "prediction"
         ]
     );
     assert!(
@@ -336,6 +337,31 @@ fn the_gate_publishes_only_a_better_candidate_with_reference_and_lineage() {
             .len()
             > 1
     );
+    // Format 2: exact distributions for the drift tests, and the model's own predictions on
+    // the reference rows (class names) next to the label.
+    assert_eq!(reference.format, 2);
+    reference.check().expect("a consistent reference");
+    assert!(matches!(
+        reference.profile.columns[0]
+            .numeric
+            .as_ref()
+            .and_then(|n| n.distribution.as_ref()),
+        Some(nereid_monitor::profile::Distribution::Exact { .. })
+    ));
+    let prediction = reference.prediction.as_ref().expect("prediction reference");
+    assert_eq!(prediction.output, "PROBABILITIES");
+    let predicted = reference
+        .column(&prediction.column)
+        .expect("prediction column");
+    let shares = &predicted
+        .categorical
+        .as_ref()
+        .expect("class names")
+        .frequencies;
+    assert!(shares
+        .iter()
+        .all(|(class, _)| SPECIES.contains(&class.as_str())));
+    assert_eq!(shares.iter().map(|(_, n)| n).sum::<u64>(), 150);
 
     // The config it wrote parses as a Triton config, and version 2 loads as the server would.
     let pbtxt = std::fs::read_to_string(ws.path("repo/iris/config.pbtxt")).expect("config");
