@@ -16,6 +16,7 @@
 //! | `max_window_rows` | `100000` | rows kept per time window (a uniform sample beyond) |
 //! | `performance_window` | `500` | labelled predictions per live-performance window |
 //! | `log` | `true` | keep sampled requests in the prediction log |
+//! | `delay_per_sample_us` | none | testing aid: the monitor sleeps this long per sample, to exercise a monitor that falls behind |
 //!
 //! Unknown keys under the prefix are refused, so a typo does not silently change nothing.
 
@@ -76,6 +77,7 @@ pub struct MonitorConfig {
     pub max_window_rows: usize,
     pub performance_window: u64,
     pub log: bool,
+    pub delay_per_sample: Option<Duration>,
 }
 
 impl Default for MonitorConfig {
@@ -98,6 +100,7 @@ impl Default for MonitorConfig {
             max_window_rows: 100_000,
             performance_window: 500,
             log: true,
+            delay_per_sample: None,
         }
     }
 }
@@ -218,6 +221,9 @@ impl MonitorConfig {
                 "queue_size" => config.queue_size = count(key, value)? as usize,
                 "max_window_rows" => config.max_window_rows = count(key, value)? as usize,
                 "performance_window" => config.performance_window = count(key, value)?,
+                "delay_per_sample_us" => {
+                    config.delay_per_sample = Some(Duration::from_micros(count(key, value)?))
+                }
                 other => {
                     if let Some(column) = other.strip_prefix("test.") {
                         config

@@ -97,6 +97,32 @@ impl NumericReference {
         })
     }
 
+    /// The reference as a model of `datatype` receives it: every value rounded to that type
+    /// (an FP32 input never carries the float64 `0.2` a dataset holds, but `0.2f32`), so that
+    /// live values from the tensor tie with the reference values they came from.
+    pub fn rounded_to(&self, datatype: nereid_protocol::DataType) -> NumericReference {
+        use nereid_protocol::DataType as D;
+        let round: fn(f64) -> f64 = match datatype {
+            D::Fp32 => |v| f64::from(v as f32),
+            D::Fp16 => |v| f64::from(half::f16::from_f64(v)),
+            D::Bf16 => |v| f64::from(half::bf16::from_f64(v)),
+            _ => return self.clone(),
+        };
+        let (points, weights) = collapse(
+            self.points
+                .iter()
+                .zip(&self.weights)
+                .map(|(p, w)| (round(*p), *w)),
+        );
+        NumericReference {
+            points,
+            weights,
+            min: round(self.min),
+            max: round(self.max),
+            ..self.clone()
+        }
+    }
+
     /// The reference as categories: each distinct value with its count (only meaningful for
     /// an exact distribution; a sketch gives its points).
     pub fn as_categories(&self) -> CategoricalReference {
@@ -255,6 +281,20 @@ mod tests {
         let cdfs: Vec<(f64, f64)> = m.cdfs().collect();
         assert_eq!(cdfs[2], (0.75, 0.75));
         assert_eq!(cdfs[4], (1.0, 1.0));
+    }
+
+    #[test]
+    fn references_round_to_the_input_type() {
+        let r = NumericReference::from_stats(&reference_numeric_stats(&[0.2, 0.2, 7.9, 0.1]))
+            .expect("reference");
+        let f = r.rounded_to(nereid_protocol::DataType::Fp32);
+        assert_eq!(
+            f.points,
+            vec![f64::from(0.1f32), f64::from(0.2f32), f64::from(7.9f32)]
+        );
+        assert_eq!(f.weights, vec![1.0, 2.0, 1.0]);
+        assert_eq!(f.max, f64::from(7.9f32));
+        assert_eq!(r.rounded_to(nereid_protocol::DataType::Fp64), r);
     }
 
     #[test]

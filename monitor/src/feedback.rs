@@ -136,6 +136,16 @@ impl FeedbackIndex {
         }
     }
 
+    /// When request `id` was predicted, and its predictions.
+    pub fn lookup(&self, id: &str) -> Option<(u64, Vec<Predicted>)> {
+        self.entries.get(id).map(|e| {
+            (
+                e.time_ms,
+                e.rows.iter().map(|k| self.predicted(k)).collect(),
+            )
+        })
+    }
+
     /// Marks `id` labelled without checks (replaying the log after a restart).
     pub fn mark_labelled(&mut self, id: &str) {
         if let Some(e) = self.entries.get_mut(id) {

@@ -58,6 +58,37 @@ pub struct Layout {
     pub labels: BTreeMap<String, Vec<String>>,
 }
 
+impl Layout {
+    /// The layout a `config.pbtxt` declares (`labels`: the class labels of outputs with a
+    /// `label_filename`, which the caller reads).
+    pub fn from_config(
+        config: &nereid_protocol::inference::ModelConfig,
+        labels: BTreeMap<String, Vec<String>>,
+    ) -> Layout {
+        let info = |name: &str, data_type: i32, dims: &[i64]| TensorInfo {
+            name: name.to_string(),
+            datatype: DataType::from_config(data_type).unwrap_or(DataType::Fp32),
+            per_row: dims
+                .iter()
+                .try_fold(1usize, |n, d| usize::try_from(*d).ok().map(|d| n * d)),
+        };
+        Layout {
+            inputs: config
+                .input
+                .iter()
+                .map(|i| info(&i.name, i.data_type, &i.dims))
+                .collect(),
+            outputs: config
+                .output
+                .iter()
+                .map(|o| info(&o.name, o.data_type, &o.dims))
+                .collect(),
+            batched: config.max_batch_size > 0,
+            labels,
+        }
+    }
+}
+
 /// Why a monitor cannot be built for a model version.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("monitor: {0}")]
@@ -285,6 +316,7 @@ impl Monitor {
                     profile,
                     categorical,
                     config,
+                    input.datatype,
                 )?);
             }
         }
@@ -367,6 +399,7 @@ impl Monitor {
                 profile,
                 categorical,
                 config,
+                source.datatype,
             )?;
             column.name = source.output.clone();
             columns.push(column);
@@ -388,12 +421,38 @@ impl Monitor {
             open: empty_pane(&columns, 0, 0),
             columns,
             windows: 0,
-            rng: SmallRng::seed_from_u64(version ^ 0x6d6f_6e69_746f_72),
+            rng: SmallRng::seed_from_u64(version ^ 0x006d_6f6e_6974_6f72),
         })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn task(&self) -> Task {
         self.task
+    }
+
+    /// The prediction of each row of a request, without observing it (replaying a log).
+    pub fn predictions_of(&self, inputs: &[Tensor], outputs: &[Tensor]) -> Vec<Predicted> {
+        let Some(source) = &self.prediction else {
+            return Vec::new();
+        };
+        let Some(tensor) = outputs.iter().find(|t| t.name == source.output) else {
+            return Vec::new();
+        };
+        let byte_elements: HashMap<&str, Vec<&[u8]>> = outputs
+            .iter()
+            .filter(|t| t.datatype == DataType::Bytes)
+            .map(|t| (t.name.as_str(), bytes_elements(&t.data).flatten().collect()))
+            .collect();
+        (0..self.rows_of(inputs, outputs))
+            .map(|row| read_prediction(source, tensor, row, &byte_elements))
+            .collect()
     }
 
     pub fn prediction(&self) -> Option<&PredictionSource> {
@@ -805,6 +864,7 @@ fn prediction_output(
         })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_column(
     name: &str,
     role: Role,
@@ -813,13 +873,16 @@ fn build_column(
     profile: &crate::profile::ColumnProfile,
     categorical: bool,
     config: &MonitorConfig,
+    datatype: DataType,
 ) -> Result<Column, MonitorError> {
     let missing = profile.nulls + profile.numeric.as_ref().map_or(0, |n| n.nan);
     let (reference, expected) = match (&profile.numeric, &profile.categorical) {
         (Some(stats), _) => {
-            let numeric = NumericReference::from_stats(stats).ok_or_else(|| {
-                MonitorError(format!("reference column '{name}' has no numeric values"))
-            })?;
+            let numeric = NumericReference::from_stats(stats)
+                .ok_or_else(|| {
+                    MonitorError(format!("reference column '{name}' has no numeric values"))
+                })?
+                .rounded_to(datatype);
             if categorical {
                 let categories = numeric.as_categories();
                 let singletons = categories.counts.iter().filter(|(_, c)| *c == 1.0).count();

@@ -45,6 +45,7 @@ pub mod join;
 pub mod location;
 pub mod mlflow;
 pub mod model;
+pub mod monitoring;
 pub mod profile;
 pub mod publish;
 pub mod runner;

@@ -81,6 +81,9 @@ enum Route {
     ModelConfig(String, String),
     ModelStats(String, String),
     ModelInfer(String, String),
+    ModelDrift(String, String),
+    ModelDriftPage(String, String),
+    ModelFeedback(String, String),
     RepositoryIndex,
     RepositoryLoad(String),
     RepositoryUnload(String),
@@ -94,8 +97,11 @@ impl Route {
             Route::Live | Route::Ready | Route::ModelReady(..) => Api::Health,
             Route::ServerMetadata | Route::ModelMetadata(..) => Api::Metadata,
             Route::ModelConfig(..) => Api::ModelConfig,
-            Route::AllStats | Route::ModelStats(..) => Api::Statistics,
-            Route::ModelInfer(..) => Api::Inference,
+            Route::AllStats
+            | Route::ModelStats(..)
+            | Route::ModelDrift(..)
+            | Route::ModelDriftPage(..) => Api::Statistics,
+            Route::ModelInfer(..) | Route::ModelFeedback(..) => Api::Inference,
             Route::RepositoryIndex
             | Route::RepositoryLoad(_)
             | Route::RepositoryUnload(_)
@@ -155,6 +161,9 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
                 "config" => get(Route::ModelConfig(m, v)),
                 "stats" => get(Route::ModelStats(m, v)),
                 "infer" => post(Route::ModelInfer(m, v)),
+                "drift" => get(Route::ModelDrift(m, v)),
+                "drift.html" => get(Route::ModelDriftPage(m, v)),
+                "feedback" => post(Route::ModelFeedback(m, v)),
                 _ => Ok(None),
             },
             None => Ok(None),
@@ -263,6 +272,32 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             ))
         }
         Route::ModelInfer(m, v) => infer_route(state, &m, &v, request).await?,
+        Route::ModelDrift(m, v) => {
+            let body = crate::lifecycle::page::drift_json(&*infer.monitored(&m, &v)?);
+            json_response(StatusCode::OK, body)
+        }
+        Route::ModelDriftPage(m, v) => {
+            let page = crate::lifecycle::page::drift_html(&*infer.monitored(&m, &v)?);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                page,
+            )
+                .into_response()
+        }
+        Route::ModelFeedback(m, v) => {
+            let monitor = infer.monitored(&m, &v)?;
+            let body = read_body(request, state.max_input_size).await?;
+            let items = nereid_monitor::feedback::parse_body(&body).map_err(Error::invalid_arg)?;
+            let ids = items.len();
+            let rows = tokio::task::spawn_blocking(move || monitor.apply_feedback(&items))
+                .await
+                .map_err(|e| Error::internal(format!("feedback panicked: {e}")))??;
+            json_response(
+                StatusCode::OK,
+                serde_json::json!({"accepted": ids, "rows": rows}).to_string(),
+            )
+        }
     })
 }
 
@@ -578,6 +613,9 @@ mod tests {
                     Route::ModelConfig(..) => "config",
                     Route::ModelStats(..) => "stats",
                     Route::ModelInfer(..) => "infer",
+                    Route::ModelDrift(..) => "drift",
+                    Route::ModelDriftPage(..) => "page",
+                    Route::ModelFeedback(..) => "feedback",
                     Route::RepositoryIndex => "index",
                     Route::RepositoryLoad(_) | Route::RepositoryUnload(_) => "control",
                     Route::NamedRepository => "named",
@@ -603,6 +641,19 @@ mod tests {
         );
         assert_eq!(routed(Method::GET, "/v2/models/m/versions/x"), Ok(None));
         assert_eq!(routed(Method::GET, "/v2/models/m/bogus"), Ok(None));
+        assert_eq!(
+            routed(Method::GET, "/v2/models/m/versions/2/drift"),
+            Ok(Some("drift"))
+        );
+        assert_eq!(
+            routed(Method::GET, "/v2/models/m/drift.html"),
+            Ok(Some("page"))
+        );
+        assert_eq!(
+            routed(Method::POST, "/v2/models/m/feedback"),
+            Ok(Some("feedback"))
+        );
+        assert_eq!(routed(Method::GET, "/v2/models/m/feedback"), Err(()));
         assert_eq!(routed(Method::GET, "/v2/models/m/infer"), Err(()));
         assert_eq!(routed(Method::POST, "/v2/health/live"), Err(()));
         assert_eq!(

@@ -169,6 +169,21 @@ impl Infer {
         self.registry.get(name, version)
     }
 
+    /// The monitor of a model version, or why there is none.
+    pub fn monitored(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<crate::lifecycle::VersionMonitor>, Error> {
+        let model = self.model(name, version)?;
+        model.monitor.clone().ok_or_else(|| {
+            Error::invalid_arg(format!(
+                "model '{name}' version {} is not monitored: it has no reference.json (create one with `nereid monitor reference`) or its config sets nereid.monitor.enabled to false",
+                model.version
+            ))
+        })
+    }
+
     /// Whether a model version is ready; unknown models are simply not ready.
     pub fn model_ready(&self, name: &str, version: &str) -> bool {
         self.registry.get(name, version).is_ok()
@@ -195,6 +210,18 @@ impl Infer {
             let prepared = model
                 .prepare(&mut request)
                 .map_err(|err| (err, FailureReason::Other))?;
+            // The monitor's share of requests: their validated inputs and raw outputs are
+            // offered to it once answered (a sampled request without an id gets one, returned
+            // in the response, so that feedback can name it).
+            let tap = model
+                .monitor
+                .as_ref()
+                .and_then(|m| Some((m, m.sample(&prepared.inputs)?)));
+            if let Some((monitor, _)) = &tap {
+                if request.id.is_empty() {
+                    request.id = monitor.next_id();
+                }
+            }
             let batch_size = prepared.batch_size;
             let executed = match model.ensemble() {
                 Some(plan) => {
@@ -220,6 +247,9 @@ impl Infer {
                     (err, reason)
                 })?,
             };
+            if let Some((monitor, tap)) = tap {
+                monitor.offer(tap, &request.id, &executed.outputs);
+            }
             let outputs = model
                 .finish_outputs(&request, executed.outputs, batch_size)
                 .map_err(|err| (err, FailureReason::Other))?;

@@ -18,6 +18,7 @@ pub mod ensemble;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod lifecycle;
 mod metrics;
 pub mod model;
 pub mod registry;
@@ -63,6 +64,8 @@ pub struct ServeConfig {
     pub repository_poll: Duration,
     pub http_restricted: Vec<restrict::Restriction>,
     pub grpc_restricted: Vec<restrict::Restriction>,
+    /// Prediction log location and retention for monitored versions.
+    pub monitoring: lifecycle::MonitorSettings,
 }
 
 impl ServeConfig {
@@ -83,6 +86,7 @@ impl ServeConfig {
             repository_poll: Duration::from_secs(15),
             http_restricted: Vec::new(),
             grpc_restricted: Vec::new(),
+            monitoring: lifecycle::MonitorSettings::default(),
         }
     }
 }
@@ -138,10 +142,13 @@ pub async fn start(
     };
     let (mode, startup) = (config.model_control_mode, config.load_models.clone());
     let local = repository.clone();
-    let registry = tokio::task::spawn_blocking(move || ModelRegistry::open(&local, mode, &startup))
-        .await
-        .context("model loading panicked")?
-        .with_context(|| format!("failed to read model repository {}", repository.display()))?;
+    let monitoring = config.monitoring.clone();
+    let registry = tokio::task::spawn_blocking(move || {
+        ModelRegistry::open(&local, mode, &startup, monitoring)
+    })
+    .await
+    .context("model loading panicked")?
+    .with_context(|| format!("failed to read model repository {}", repository.display()))?;
     let infer = Infer::new(Arc::new(registry), config.strict_readiness).with_remote(remote);
 
     let bind = |port: u16, what: &'static str| {

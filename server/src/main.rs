@@ -40,6 +40,9 @@ enum Command {
     /// Work with a model repository without serving it.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Drift monitoring: reference profiles, prediction-log export, drift reports.
+    #[command(subcommand)]
+    Monitor(nereid_pipeline::monitoring::MonitorCommand),
 }
 
 #[derive(Subcommand)]
@@ -139,6 +142,27 @@ struct ServeArgs {
     /// consecutive scans see it unchanged, so a copy in progress is never loaded half-written.
     #[arg(long, env = "NEREID_REPOSITORY_POLL_SECS", default_value_t = 15)]
     repository_poll_secs: u64,
+
+    /// Where monitored model versions log their sampled requests and feedback
+    /// (`<dir>/<model>/<version>/*.seg`), which feedback joins and `nereid monitor export` reads.
+    #[arg(
+        long,
+        env = "NEREID_PREDICTION_LOG_DIR",
+        default_value = "prediction-log"
+    )]
+    prediction_log_dir: PathBuf,
+
+    /// Most bytes of prediction log kept per model version; the oldest segments go first.
+    #[arg(long, env = "NEREID_PREDICTION_LOG_MAX_BYTES", default_value_t = 1 << 30)]
+    prediction_log_max_bytes: u64,
+
+    /// Oldest prediction log segment kept, in seconds (default: 7 days).
+    #[arg(long, env = "NEREID_PREDICTION_LOG_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
+    prediction_log_max_age_secs: u64,
+
+    /// Size at which a prediction log segment is closed and a new one started.
+    #[arg(long, env = "NEREID_PREDICTION_LOG_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    prediction_log_segment_bytes: u64,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -158,6 +182,14 @@ impl From<ServeArgs> for ServeConfig {
             repository_poll: Duration::from_secs(a.repository_poll_secs),
             http_restricted: a.http_restricted_api,
             grpc_restricted: a.grpc_restricted_api,
+            monitoring: nereid_server::lifecycle::MonitorSettings {
+                log_dir: Some(a.prediction_log_dir),
+                log: nereid_monitor::log::LogSettings {
+                    segment_bytes: a.prediction_log_segment_bytes.max(4096),
+                    max_bytes: a.prediction_log_max_bytes,
+                    max_age: Duration::from_secs(a.prediction_log_max_age_secs),
+                },
+            },
         }
     }
 }
@@ -171,9 +203,10 @@ async fn blocking(
 /// Loads the repository off to the side and prints one line per model version.
 async fn validate(repository: PathBuf) -> anyhow::Result<()> {
     let path = repository.clone();
-    let registry =
-        tokio::task::spawn_blocking(move || ModelRegistry::open(&path, ControlMode::None, &[]))
-            .await??;
+    let registry = tokio::task::spawn_blocking(move || {
+        ModelRegistry::open(&path, ControlMode::None, &[], Default::default())
+    })
+    .await??;
     let rows = registry.index(false);
     let mut failures = 0;
     for row in &rows {
@@ -255,6 +288,9 @@ fn main() -> ExitCode {
             Command::Train(args) => blocking(move || nereid_pipeline::cli::run_train(args)).await,
             Command::Pipeline(cmd) => {
                 blocking(move || nereid_pipeline::cli::run_pipeline(cmd)).await
+            }
+            Command::Monitor(cmd) => {
+                blocking(move || nereid_pipeline::monitoring::run_monitor(cmd)).await
             }
         }
     });

@@ -205,6 +205,8 @@ fn gather(state: &MetricsState) -> Vec<MetricFamily> {
         per_model(&|m, l| vec![batch_histogram(&m.snapshot, m.max_batch_size, l)]),
     ));
 
+    families.extend(monitor_families(&state.infer.registry().all_ready()));
+
     // GPU gauges where the driver's NVML library loads; a scrape never fails because of it.
     if let Some(gpus) = nereid_kernels::nvml::sample().filter(|g| !g.is_empty()) {
         let per_gpu = |value: fn(&nereid_kernels::nvml::GpuSample) -> f64| -> Vec<Metric> {
@@ -252,6 +254,131 @@ fn gather(state: &MetricsState) -> Vec<MetricFamily> {
             vec![gauge(&[], used as f64)],
         ));
     }
+    families
+}
+
+/// The monitors' families (`nereid_*`): drift of the latest closed window, data quality, live
+/// performance from feedback, and the sampling counters. Label cardinality is bounded by the
+/// columns of each monitored version.
+fn monitor_families(models: &[std::sync::Arc<ModelVersion>]) -> Vec<MetricFamily> {
+    let monitored: Vec<_> = models
+        .iter()
+        .filter_map(|m| Some((m.name.as_str(), m.version.to_string(), m.monitor.as_ref()?)))
+        .collect();
+    if monitored.is_empty() {
+        return Vec::new();
+    }
+    let mut score = Vec::new();
+    let mut detected = Vec::new();
+    let mut dataset = Vec::new();
+    let mut share = Vec::new();
+    let mut quality: [(&str, &str, Vec<Metric>); 5] = [
+        ("nereid_data_quality_missing_share", "Share of the latest window's rows with a missing (null, NaN or absent) value, per column", Vec::new()),
+        ("nereid_data_quality_out_of_range_share", "Share of the latest window's numeric values outside the reference's range, per column", Vec::new()),
+        ("nereid_data_quality_unseen_category_share", "Share of the latest window's categorical values the reference never had, per column", Vec::new()),
+        ("nereid_data_quality_wrong_type_total", "Values in the latest window that could not be read as the column's type, per column", Vec::new()),
+        ("nereid_data_quality_failed", "1 when a data-quality check of the latest window failed (check label), per column", Vec::new()),
+    ];
+    let mut live = Vec::new();
+    let mut labelled = Vec::new();
+    let mut samples = Vec::new();
+    let mut dropped = Vec::new();
+    let mut windows = Vec::new();
+    for (model, version, monitor) in &monitored {
+        let base = [("model", *model), ("version", version.as_str())];
+        let (taken, lost) = monitor.counts();
+        samples.push(counter(&base, taken as f64));
+        dropped.push(counter(&base, lost as f64));
+        windows.push(counter(&base, monitor.windows() as f64));
+        if let Some(report) = monitor.latest() {
+            dataset.push(gauge(
+                &base,
+                f64::from(u8::from(report.dataset_drift.drift)),
+            ));
+            share.push(gauge(&base, report.dataset_drift.share));
+            for c in &report.columns {
+                let per = [
+                    ("feature", c.name.as_str()),
+                    ("model", model),
+                    ("version", version.as_str()),
+                ];
+                if let Some(t) = &c.test {
+                    score.push(gauge(
+                        &[
+                            ("feature", c.name.as_str()),
+                            ("method", t.method.name()),
+                            ("model", model),
+                            ("version", version.as_str()),
+                        ],
+                        t.score,
+                    ));
+                    detected.push(gauge(&per, f64::from(u8::from(t.drift))));
+                }
+                let q = &c.quality;
+                quality[0].2.push(gauge(&per, q.missing.share));
+                if let Some(o) = &q.out_of_range {
+                    quality[1].2.push(gauge(&per, o.share));
+                }
+                if let Some(u) = &q.unseen_categories {
+                    quality[2].2.push(gauge(&per, u.share));
+                }
+                quality[3].2.push(gauge(&per, q.wrong_type.count as f64));
+                let mut checks = vec![
+                    ("missing", q.missing.failed),
+                    ("wrong_type", q.wrong_type.failed),
+                ];
+                if let Some(o) = &q.out_of_range {
+                    checks.push(("out_of_range", o.failed));
+                }
+                if let Some(u) = &q.unseen_categories {
+                    checks.push(("unseen_category", u.failed));
+                }
+                for (check, failed) in checks {
+                    quality[4].2.push(gauge(
+                        &[
+                            ("check", check),
+                            ("feature", c.name.as_str()),
+                            ("model", model),
+                            ("version", version.as_str()),
+                        ],
+                        f64::from(u8::from(failed)),
+                    ));
+                }
+            }
+        }
+        let performance = monitor.performance();
+        labelled.push(counter(&base, performance.total.labelled as f64));
+        if performance.total.labelled > 0 {
+            for (metric, value) in performance.total.named() {
+                live.push(gauge(
+                    &[
+                        ("metric", metric.as_str()),
+                        ("model", model),
+                        ("version", version.as_str()),
+                    ],
+                    value,
+                ));
+            }
+        }
+    }
+    let mut families = vec![
+        family("nereid_drift_score", "Drift test score of each monitored column in the latest closed window (a p-value or a distance, see the method label)", MetricType::GAUGE, score),
+        family("nereid_drift_detected", "1 when the latest closed window's test found drift in the column", MetricType::GAUGE, detected),
+        family("nereid_dataset_drift", "1 when the share of drifted features in the latest closed window reached drift_share", MetricType::GAUGE, dataset),
+        family("nereid_drift_share", "Share of features that drifted in the latest closed window", MetricType::GAUGE, share),
+    ];
+    for (name, help, metrics) in quality {
+        families.push(family(name, help, MetricType::GAUGE, metrics));
+    }
+    families.extend([
+        family("nereid_live_metric", "Live performance from ground-truth feedback since the version loaded (accuracy, macro_f1, precision/recall/f1 per class; mae, rmse, r2)", MetricType::GAUGE, live),
+        family("nereid_feedback_labels_total", "Predictions labelled through feedback", MetricType::COUNTER, labelled),
+        family("nereid_monitor_samples_total", "Requests handed to the model's monitor", MetricType::COUNTER, samples),
+        family("nereid_monitor_samples_dropped_total", "Sampled requests dropped because the monitor's queue was full", MetricType::COUNTER, dropped),
+        family("nereid_monitor_windows_total", "Monitor windows closed and tested", MetricType::COUNTER, windows),
+    ]);
+    // The text encoder refuses families without series (no window closed yet, no feedback).
+    families.retain(|f| !f.get_metric().is_empty());
     families
 }
 

@@ -17,6 +17,7 @@ use nereid_protocol::{
 use crate::backend::{self, LoadContext};
 use crate::batcher::Policy;
 use crate::ensemble::EnsemblePlan;
+use crate::lifecycle::{MonitorSettings, VersionMonitor};
 use crate::scheduler::{Executed, Scheduler, Submission};
 use crate::stats::ModelStats;
 use crate::warmup;
@@ -49,6 +50,9 @@ pub struct ModelVersion {
     /// The CUDA device every instance computes on, when they share one: an ensemble keeps the
     /// tensors passed between such steps in that device's memory.
     pub device: Option<usize>,
+    /// Drift and data-quality monitoring, prediction log and feedback (when the version has a
+    /// `reference.json` or the config turns monitoring on).
+    pub monitor: Option<Arc<VersionMonitor>>,
     executor: Executor,
 }
 
@@ -73,8 +77,14 @@ pub struct Prepared {
 }
 
 impl ModelVersion {
-    /// Loads one version: creates every instance's backend, then starts the workers.
-    pub fn load(config: Arc<ModelConfig>, model_dir: &Path, version: u64) -> Result<Self, Error> {
+    /// Loads one version: creates every instance's backend, then starts the workers and, when
+    /// the version is monitored, its monitor.
+    pub fn load(
+        config: Arc<ModelConfig>,
+        model_dir: &Path,
+        version: u64,
+        monitoring: &MonitorSettings,
+    ) -> Result<Self, Error> {
         let started = std::time::Instant::now();
         let name = config.name.clone();
         let inputs = config
@@ -148,6 +158,13 @@ impl ModelVersion {
                 })?;
             Executor::Scheduled(scheduler)
         };
+        let monitor = start_monitor(
+            &config,
+            &outputs,
+            &model_dir.join(version.to_string()),
+            version,
+            monitoring,
+        )?;
         Ok(ModelVersion {
             name,
             version,
@@ -158,6 +175,7 @@ impl ModelVersion {
             model_dir: model_dir.to_path_buf(),
             load_duration: started.elapsed(),
             device,
+            monitor,
             executor,
         })
     }
@@ -448,6 +466,65 @@ impl ModelVersion {
         }
         Ok(selected)
     }
+}
+
+/// Starts the version's monitor when it has a `reference.json` (unless the config turns
+/// monitoring off) or the config turns it on; a reference or setting that cannot be used fails
+/// the load with the reason.
+fn start_monitor(
+    config: &ModelConfig,
+    outputs: &[TensorSpec],
+    version_dir: &Path,
+    version: u64,
+    monitoring: &MonitorSettings,
+) -> Result<Option<Arc<VersionMonitor>>, Error> {
+    use nereid_monitor::reference::REFERENCE_FILE;
+    use nereid_monitor::{Layout, Monitor, MonitorConfig, Reference};
+    let name = &config.name;
+    let fail = |message: String| {
+        Error::invalid_arg(format!(
+            "failed to start the monitor of model '{name}' version {version}: {message}"
+        ))
+    };
+    let settings = MonitorConfig::from_parameters(
+        config
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.string_value.as_str())),
+    )
+    .map_err(fail)?;
+    let path = version_dir.join(REFERENCE_FILE);
+    let reference = match (settings.enabled, path.is_file()) {
+        (Some(false), _) | (None, false) => return Ok(None),
+        (Some(true), false) => {
+            return Err(fail(format!(
+                "'nereid.monitor.enabled' is true but {} is missing (create it with `nereid monitor reference`)",
+                path.display()
+            )))
+        }
+        (_, true) => Reference::read(&path).map_err(|e| fail(e.to_string()))?,
+    };
+    let labels = outputs
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.labels.as_deref()?.clone())))
+        .collect();
+    let layout = Layout::from_config(config, labels);
+    let monitor =
+        Monitor::new(name, version, &reference, &settings, &layout).map_err(|e| fail(e.0))?;
+    let log_dir = monitoring
+        .log_dir
+        .as_ref()
+        .map(|root| root.join(name).join(version.to_string()));
+    let started = VersionMonitor::start(
+        monitor,
+        &reference,
+        &settings,
+        log_dir.as_deref(),
+        &monitoring.log,
+        settings.delay_per_sample,
+    )?;
+    tracing::info!(model = %name, version, window = %settings.window.describe(), sample_rate = settings.sample_rate, "monitoring");
+    Ok(Some(started))
 }
 
 /// `['A','B']`, the way Triton lists tensor names in messages.

@@ -28,6 +28,7 @@ use nereid_protocol::inference::ModelConfig;
 use nereid_protocol::Error;
 
 use crate::ensemble::EnsemblePlan;
+use crate::lifecycle::MonitorSettings;
 use crate::model::ModelVersion;
 use crate::repository::{self, ModelSource};
 
@@ -138,6 +139,8 @@ pub struct ModelRegistry {
     /// Serialises every change (load, unload, poll); holds what the previous poll saw.
     changes: Mutex<HashMap<String, u64>>,
     overrides: AtomicU64,
+    /// Where monitored versions keep their prediction logs.
+    monitoring: MonitorSettings,
 }
 
 impl ModelRegistry {
@@ -149,6 +152,7 @@ impl ModelRegistry {
         repository: &Path,
         mode: ControlMode,
         startup_models: &[String],
+        monitoring: MonitorSettings,
     ) -> std::io::Result<Self> {
         let sources = repository::scan(repository)?;
         let registry = ModelRegistry {
@@ -157,6 +161,7 @@ impl ModelRegistry {
             models: ArcSwap::from_pointee(BTreeMap::new()),
             changes: Mutex::new(HashMap::new()),
             overrides: AtomicU64::new(0),
+            monitoring,
         };
         let wanted = |name: &str| {
             mode != ControlMode::Explicit || startup_models.iter().any(|m| m == "*" || m == name)
@@ -169,7 +174,7 @@ impl ModelRegistry {
         }
         let mut map = BTreeMap::new();
         for source in order_for_loading(sources) {
-            let entry = build_entry(source, None, &map);
+            let entry = build_entry(source, None, &map, &registry.monitoring);
             map.insert(entry.name.clone(), Arc::new(entry));
         }
         registry.models.store(Arc::new(map));
@@ -178,7 +183,12 @@ impl ModelRegistry {
 
     /// Loads every model of the repository (control mode `none`).
     pub fn load_repository(repository: &Path) -> std::io::Result<Self> {
-        Self::open(repository, ControlMode::None, &[])
+        Self::open(
+            repository,
+            ControlMode::None,
+            &[],
+            MonitorSettings::default(),
+        )
     }
 
     pub fn repository(&self) -> &Path {
@@ -404,7 +414,7 @@ impl ModelRegistry {
             self.install(ModelEntry::placeholder(&name, EntryState::Loading));
         }
         let previous = current.as_deref().filter(|e| e.state == EntryState::Loaded);
-        let mut entry = build_entry(source, previous, &self.models.load());
+        let mut entry = build_entry(source, previous, &self.models.load(), &self.monitoring);
         entry.loaded_with = loaded_with;
         let problem = entry_problem(&entry);
         match (problem, previous) {
@@ -615,6 +625,7 @@ fn build_entry(
     source: ModelSource,
     previous: Option<&ModelEntry>,
     models: &ModelMap,
+    monitoring: &MonitorSettings,
 ) -> ModelEntry {
     let mut entry = ModelEntry::placeholder(&source.name, EntryState::Loaded);
     let config = match &source.config {
@@ -643,8 +654,8 @@ fn build_entry(
             continue;
         }
         let started = Instant::now();
-        let loaded =
-            ModelVersion::load(Arc::clone(&config), &source.path, version).and_then(|model| {
+        let loaded = ModelVersion::load(Arc::clone(&config), &source.path, version, monitoring)
+            .and_then(|model| {
                 if let Some(plan) = model.ensemble() {
                     plan.validate(&model.config, |n, v| lookup(models, n, v))
                         .map_err(Error::invalid_arg)?;
