@@ -174,10 +174,9 @@ impl FeedbackIndex {
                     item.id
                 ));
             }
+            // A truth is never an array itself, so an array is one truth per row.
             let truths: Vec<&serde_json::Value> = match &item.truth {
-                serde_json::Value::Array(values) if entry.rows.len() != 1 || values.len() == 1 => {
-                    values.iter().collect()
-                }
+                serde_json::Value::Array(values) => values.iter().collect(),
                 value => vec![value],
             };
             if truths.len() != entry.rows.len() {

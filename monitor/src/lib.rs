@@ -26,6 +26,7 @@ pub mod profile;
 pub mod quality;
 pub mod reference;
 pub mod report;
+pub mod simulate;
 pub mod special;
 pub mod stattest;
 
