@@ -48,6 +48,8 @@ pub struct NumericReference {
     /// Distinct values in the reference data.
     pub distinct: u64,
     pub fidelity: Fidelity,
+    /// `cumulative[i]` = the weight of points `..=i` (for mass queries by binary search).
+    cumulative: Vec<f64>,
 }
 
 impl NumericReference {
@@ -85,6 +87,7 @@ impl NumericReference {
             return None;
         }
         Some(NumericReference {
+            cumulative: cumulative(&weights),
             points,
             weights,
             rows,
@@ -95,6 +98,20 @@ impl NumericReference {
             distinct: stats.distinct,
             fidelity,
         })
+    }
+
+    /// The weight of points below `x` (`inclusive`: at or below).
+    pub fn mass_below(&self, x: f64, inclusive: bool) -> f64 {
+        let n = if inclusive {
+            self.points.partition_point(|p| *p <= x)
+        } else {
+            self.points.partition_point(|p| *p < x)
+        };
+        if n == 0 {
+            0.0
+        } else {
+            self.cumulative[n - 1]
+        }
     }
 
     /// The reference as a model of `datatype` receives it: every value rounded to that type
@@ -115,6 +132,7 @@ impl NumericReference {
                 .map(|(p, w)| (round(*p), *w)),
         );
         NumericReference {
+            cumulative: cumulative(&weights),
             points,
             weights,
             min: round(self.min),
@@ -135,6 +153,17 @@ impl NumericReference {
             rows: self.rows,
         }
     }
+}
+
+fn cumulative(weights: &[f64]) -> Vec<f64> {
+    let mut total = 0.0;
+    weights
+        .iter()
+        .map(|w| {
+            total += w;
+            total
+        })
+        .collect()
 }
 
 /// Points in ascending order with weights, equal points merged, zero weights dropped.

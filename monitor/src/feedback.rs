@@ -11,6 +11,7 @@
 //! twice, or a prediction already labelled refuses the batch with the reason.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -49,14 +50,29 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<FeedbackItem>, String> {
 #[derive(Debug, Clone, PartialEq)]
 enum Kept {
     Class(u32),
-    Label(Box<str>),
+    Label(Arc<str>),
     Value(f64),
     Missing,
 }
 
+/// The predictions of a request: one row inline (the common case), more on the heap.
+enum Rows {
+    One(Kept),
+    Many(Box<[Kept]>),
+}
+
+impl Rows {
+    fn as_slice(&self) -> &[Kept] {
+        match self {
+            Rows::One(k) => std::slice::from_ref(k),
+            Rows::Many(k) => k,
+        }
+    }
+}
+
 struct Entry {
     time_ms: u64,
-    rows: Vec<Kept>,
+    rows: Rows,
     labelled: bool,
 }
 
@@ -76,8 +92,9 @@ pub struct FeedbackIndex {
     task: Task,
     classes: Vec<String>,
     capacity: usize,
-    entries: HashMap<String, Entry>,
-    order: VecDeque<String>,
+    /// Keyed by request id; the same `Arc` is in `order`, oldest first.
+    entries: HashMap<Arc<str>, Entry>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl FeedbackIndex {
@@ -101,30 +118,29 @@ impl FeedbackIndex {
 
     /// Remembers the predictions of request `id`. A reused id replaces the older request.
     pub fn insert(&mut self, id: &str, time_ms: u64, predictions: &[Predicted]) {
-        let rows = predictions
-            .iter()
-            .map(|p| match p {
-                Predicted::Class { index, name } => match self.classes.get(*index) {
-                    Some(c) if c == name => Kept::Class(*index as u32),
-                    _ => Kept::Label(name.as_str().into()),
-                },
-                Predicted::Value(v) => Kept::Value(*v),
-                Predicted::Missing => Kept::Missing,
-            })
-            .collect();
-        let fresh = self
-            .entries
-            .insert(
-                id.to_string(),
-                Entry {
-                    time_ms,
-                    rows,
-                    labelled: false,
-                },
-            )
-            .is_none();
-        if fresh {
-            self.order.push_back(id.to_string());
+        let keep = |p: &Predicted| match p {
+            Predicted::Class { index, name } => match self.classes.get(*index) {
+                Some(c) if **c == **name => Kept::Class(*index as u32),
+                _ => Kept::Label(Arc::clone(name)),
+            },
+            Predicted::Value(v) => Kept::Value(*v),
+            Predicted::Missing => Kept::Missing,
+        };
+        let rows = match predictions {
+            [one] => Rows::One(keep(one)),
+            many => Rows::Many(many.iter().map(keep).collect()),
+        };
+        let entry = Entry {
+            time_ms,
+            rows,
+            labelled: false,
+        };
+        if let Some(existing) = self.entries.get_mut(id) {
+            *existing = entry;
+        } else {
+            let key: Arc<str> = Arc::from(id);
+            self.entries.insert(Arc::clone(&key), entry);
+            self.order.push_back(key);
         }
         while self.entries.len() > self.capacity {
             match self.order.pop_front() {
@@ -141,7 +157,11 @@ impl FeedbackIndex {
         self.entries.get(id).map(|e| {
             (
                 e.time_ms,
-                e.rows.iter().map(|k| self.predicted(k)).collect(),
+                e.rows
+                    .as_slice()
+                    .iter()
+                    .map(|k| self.predicted(k))
+                    .collect(),
             )
         })
     }
@@ -162,7 +182,7 @@ impl FeedbackIndex {
             if !seen.insert(item.id.as_str()) {
                 return Err(format!("request id '{}' is given more than once", item.id));
             }
-            let entry = self.entries.get(&item.id).ok_or_else(|| {
+            let entry = self.entries.get(item.id.as_str()).ok_or_else(|| {
                 format!(
                     "unknown request id '{}': not among the last {} logged predictions of this model version",
                     item.id, self.capacity
@@ -175,15 +195,16 @@ impl FeedbackIndex {
                 ));
             }
             // A truth is never an array itself, so an array is one truth per row.
+            let rows = entry.rows.as_slice();
             let truths: Vec<&serde_json::Value> = match &item.truth {
                 serde_json::Value::Array(values) => values.iter().collect(),
                 value => vec![value],
             };
-            if truths.len() != entry.rows.len() {
+            if truths.len() != rows.len() {
                 return Err(format!(
                     "request id '{}' had {} rows, but {} truths were given",
                     item.id,
-                    entry.rows.len(),
+                    rows.len(),
                     truths.len()
                 ));
             }
@@ -197,7 +218,7 @@ impl FeedbackIndex {
             joined.push(Joined {
                 id: item.id.clone(),
                 predicted_ms: entry.time_ms,
-                predicted: entry.rows.iter().map(|k| self.predicted(k)).collect(),
+                predicted: rows.iter().map(|k| self.predicted(k)).collect(),
                 truth,
             });
         }
@@ -211,11 +232,11 @@ impl FeedbackIndex {
         match kept {
             Kept::Class(i) => Predicted::Class {
                 index: *i as usize,
-                name: self.classes.get(*i as usize).cloned().unwrap_or_default(),
+                name: Arc::from(self.classes.get(*i as usize).map_or("", String::as_str)),
             },
             Kept::Label(name) => Predicted::Class {
                 index: usize::MAX,
-                name: name.to_string(),
+                name: Arc::clone(name),
             },
             Kept::Value(v) => Predicted::Value(*v),
             Kept::Missing => Predicted::Missing,

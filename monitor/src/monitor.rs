@@ -12,6 +12,7 @@
 //! they saw; quality counts always cover every row.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use nereid_protocol::{bytes_elements, DataType, Tensor};
 use rand::rngs::SmallRng;
@@ -26,9 +27,7 @@ use crate::report::{
     ColumnHistogram, ColumnReport, DatasetDrift, DriftReport, NumericSummary, ReferenceInfo, Role,
     WindowInfo,
 };
-use crate::stattest::{
-    default_method, run_test, union_distinct, ColumnData, ColumnType, Method, TestError,
-};
+use crate::stattest::{run_chosen, ColumnData, ColumnType, Method, TestError};
 
 /// Most distinct categories a column tracks per monitor; later new ones share one bucket.
 const MAX_DICTIONARY: usize = 100_000;
@@ -95,13 +94,12 @@ impl Layout {
 pub struct MonitorError(pub String);
 
 /// A model's prediction for one row, as feedback is compared with it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Predicted {
-    /// Index and name of the winning class.
+    /// Index and name of the winning class (`usize::MAX` for a label read from a BYTES output).
     Class {
         index: usize,
-        name: String,
+        name: Arc<str>,
     },
     Value(f64),
     /// No prediction could be read (NaN scores, a missing output).
@@ -120,7 +118,7 @@ pub struct PredictionSource {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PredictionKind {
     /// One score per class: the prediction is the class with the highest score.
-    ClassScores { classes: Vec<String> },
+    ClassScores { classes: Vec<Arc<str>> },
     /// One value per row (regression, or a class index / label output).
     Value,
 }
@@ -370,7 +368,9 @@ impl Monitor {
                     } else {
                         classes
                     };
-                    PredictionKind::ClassScores { classes }
+                    PredictionKind::ClassScores {
+                        classes: classes.into_iter().map(Arc::from).collect(),
+                    }
                 } else {
                     PredictionKind::Value
                 };
@@ -482,6 +482,18 @@ impl Monitor {
             .filter(|t| t.datatype == DataType::Bytes)
             .map(|t| (t.name.as_str(), bytes_elements(&t.data).flatten().collect()))
             .collect();
+        // Each column's tensor, found once per request rather than per row.
+        let tensors: Vec<Option<&Tensor>> = self
+            .columns
+            .iter()
+            .map(|c| match &c.source {
+                Source::Input { name, .. } => sample
+                    .inputs
+                    .iter()
+                    .find(|t| &t.name == name && t.device.is_none()),
+                Source::Prediction => None,
+            })
+            .collect();
         for row in 0..rows {
             let predicted = match (&self.prediction, prediction_tensor) {
                 (Some(source), Some(tensor)) => {
@@ -497,7 +509,7 @@ impl Monitor {
                     self.open.end_ms = self.open.start_ms + step;
                 }
             }
-            self.add_row(sample.inputs, row, &predicted, &byte_elements);
+            self.add_row(&tensors, row, &predicted, &byte_elements);
             if let WindowSpec::Rows { step, .. } = self.config.window {
                 self.open.end_ms = sample.time_ms;
                 if self.open.rows_seen >= step {
@@ -566,7 +578,7 @@ impl Monitor {
 
     fn add_row(
         &mut self,
-        inputs: &[Tensor],
+        tensors: &[Option<&Tensor>],
         row: usize,
         predicted: &Predicted,
         byte_elements: &HashMap<&str, Vec<&[u8]>>,
@@ -599,14 +611,14 @@ impl Monitor {
                     datatype,
                     element,
                     per_row,
-                } => match inputs.iter().find(|t| &t.name == name) {
-                    Some(tensor) if tensor.device.is_none() => read_cell(
+                } => match tensors[index] {
+                    Some(tensor) => read_cell(
                         tensor,
                         *datatype,
                         row * per_row + element,
                         byte_elements.get(name.as_str()),
                     ),
-                    _ => Cell::Absent,
+                    None => Cell::Absent,
                 },
                 Source::Prediction => match predicted {
                     Predicted::Class { name, .. } => Cell::Text(name.as_bytes()),
@@ -727,7 +739,7 @@ impl Monitor {
                             current.extend(v.iter().copied().filter(|x| x.is_finite()));
                         }
                     }
-                    current.sort_by(f64::total_cmp);
+                    current.sort_unstable_by(f64::total_cmp);
                     let data = ColumnData::Numeric {
                         reference,
                         current: &current,
@@ -945,25 +957,24 @@ fn column_report(
     quality: QualityReport,
     seed: u64,
 ) -> ColumnReport {
-    let reference_rows = match &column.reference {
-        ColumnRef::Numeric(r) => r.rows,
-        ColumnRef::Categorical(r) => r.rows,
-    };
-    let method = column.method.unwrap_or_else(|| {
-        default_method(reference_rows, column.column_type(), union_distinct(data))
-    });
-    let (test, error) = match run_test(method, data, column.threshold, seed) {
+    let (test, error) = match run_chosen(column.method, data, column.threshold, seed) {
         Ok(outcome) => (Some(outcome), None),
         Err(TestError::Empty) => (None, Some("no values in this window".to_string())),
         Err(e) => (None, Some(e.to_string())),
     };
+    let method_description = test
+        .as_ref()
+        .map(|t| t.method)
+        .or(column.method)
+        .map_or("", |m| m.description())
+        .to_string();
     ColumnReport {
         name: column.name.clone(),
         role: column.role,
         column_type: column.column_type(),
         source: column.describe.clone(),
         test,
-        method_description: method.description().to_string(),
+        method_description,
         error,
         quality,
         histogram: ColumnHistogram {
@@ -1003,21 +1014,25 @@ fn numeric_histogram(reference: &NumericReference, current: &[f64]) -> ColumnHis
         })
         .collect();
     let bin = |v: f64| (((v - lo) / width) as usize).min(HISTOGRAM_BINS - 1);
-    let mut r = vec![0.0; HISTOGRAM_BINS];
-    for (p, w) in reference.points.iter().zip(&reference.weights) {
-        r[bin(*p)] += w;
-    }
+    // Reference shares from its cumulative weights at the edges (no pass over its points).
     let total: f64 = reference.weights.iter().sum();
+    let r: Vec<f64> = edges
+        .windows(2)
+        .enumerate()
+        .map(|(i, e)| {
+            let last = i == HISTOGRAM_BINS - 1;
+            reference.mass_below(e[1], last) - reference.mass_below(e[0], false)
+        })
+        .collect();
     let mut c = vec![0.0; HISTOGRAM_BINS];
     for v in current {
         c[bin(*v)] += 1.0;
     }
     let n = current.len().max(1) as f64;
     ColumnHistogram {
-        labels: edges
-            .windows(2)
-            .map(|e| format!("[{}, {})", short(e[0]), short(e[1])))
-            .collect(),
+        // Numeric bins are named by their edges (formatting them per window would cost more
+        // than the tests).
+        labels: Vec::new(),
         edges,
         reference: r.into_iter().map(|x| x / total).collect(),
         current: c.into_iter().map(|x| x / n).collect(),
@@ -1088,17 +1103,6 @@ fn summary(reference: &NumericReference, current: &[f64]) -> Option<NumericSumma
     })
 }
 
-/// Up to four significant digits.
-fn short(v: f64) -> String {
-    let s = format!("{v:.4}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".into()
-    } else {
-        s.to_string()
-    }
-}
-
 /// Reads element `index` of a tensor as a cell.
 fn read_cell<'a>(
     tensor: &'a Tensor,
@@ -1163,13 +1167,10 @@ fn read_prediction(
                     _ => return Predicted::Missing,
                 }
             }
-            match best {
-                Some((index, _)) => Predicted::Class {
+            match best.and_then(|(index, _)| Some((index, classes.get(index)?))) {
+                Some((index, name)) => Predicted::Class {
                     index,
-                    name: classes
-                        .get(index)
-                        .cloned()
-                        .unwrap_or_else(|| index.to_string()),
+                    name: Arc::clone(name),
                 },
                 None => Predicted::Missing,
             }
@@ -1182,7 +1183,7 @@ fn read_prediction(
             {
                 Some(text) => Predicted::Class {
                     index: usize::MAX,
-                    name: text.to_string(),
+                    name: Arc::from(text),
                 },
                 None => Predicted::Missing,
             }

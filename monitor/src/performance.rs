@@ -111,7 +111,7 @@ impl Accumulator {
     fn add(&mut self, predicted: &Predicted, truth: &Truth, time_ms: u64) -> bool {
         match (predicted, truth) {
             (Predicted::Class { name, .. }, Truth::Class(t)) => {
-                *self.pairs.entry((t.clone(), name.clone())).or_default() += 1;
+                *self.pairs.entry((t.clone(), name.to_string())).or_default() += 1;
             }
             (Predicted::Value(p), Truth::Value(t)) => {
                 let e = t - p;

@@ -83,9 +83,10 @@ impl ColumnReport {
 /// Reference and current shares over the same bins (numeric) or categories, for drawing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnHistogram {
-    /// Bin labels: `[a, b)` ranges or category names.
+    /// Categorical columns: the category of each bar.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
-    /// Numeric columns: the `labels.len() + 1` bin edges.
+    /// Numeric columns: the bin edges (one more than bars; the last bin is closed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub edges: Vec<f64>,
     pub reference: Vec<f64>,

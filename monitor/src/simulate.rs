@@ -5,7 +5,9 @@
 //! Traffic is drawn from a reference itself: each feature independently from its recorded
 //! distribution (exact value counts, or the quantile sketch), one row per request, as FP32
 //! tensors of the model's single input. A *shift* adds `k` reference standard deviations to
-//! one feature from some request on.
+//! one feature from some request on. The server samples every `1 / sample_rate`-th request, so
+//! a simulation feeds the monitor the sampled requests only and counts requests as samples
+//! divided by the rate.
 
 use nereid_protocol::Tensor;
 use rand::rngs::SmallRng;
@@ -106,9 +108,9 @@ fn request(input: &str, row: &[f32]) -> Tensor {
 }
 
 /// How many requests after a `sigmas`-standard-deviation shift of `feature` the monitor first
-/// reports drift on that feature (`None`: not within `limit` requests). The shift starts after
-/// a uniformly random number (0 to one window) of stationary requests, so windows do not line
-/// up with it.
+/// reports drift on that feature (`None`: not within `limit` requests), at `config`'s sample
+/// rate. The shift starts after a uniformly random number (0 to one window) of stationary
+/// samples, so windows do not line up with it.
 pub fn detection_delay(
     reference: &Reference,
     sampler: &ReferenceSampler,
@@ -134,6 +136,7 @@ pub fn detection_delay(
     let lead = rng.random_range(0..window);
     let shift = (sigmas * sampler.std[feature]) as f32;
     let name = &sampler.names[feature];
+    let limit = (limit as f64 * config.sample_rate).ceil() as u64;
     for i in 0..lead + limit {
         let mut row = sampler.row(&mut rng);
         if i >= lead {
@@ -148,7 +151,9 @@ pub fn detection_delay(
         for report in observed.reports {
             let hit = report.columns.iter().any(|c| &c.name == name && c.drift());
             if hit && i >= lead {
-                return Ok(Some(i + 1 - lead));
+                return Ok(Some(
+                    ((i + 1 - lead) as f64 / config.sample_rate).round() as u64
+                ));
             }
         }
     }
@@ -159,6 +164,8 @@ pub fn detection_delay(
 #[derive(Debug, Clone, Default)]
 pub struct FalseAlarms {
     pub requests: u64,
+    /// The sampled ones, which the monitor saw.
+    pub samples: u64,
     pub windows: u64,
     /// Windows that reported dataset drift.
     pub dataset_drift: u64,
@@ -166,8 +173,8 @@ pub struct FalseAlarms {
     pub column_alarms: Vec<u64>,
 }
 
-/// Runs `requests` stationary requests through a monitor configured by `config` (with
-/// `method` for every column when given) and counts alarms.
+/// Runs `requests` stationary requests (their sampled share) through a monitor configured by
+/// `config` (with `method` for every column when given) and counts alarms.
 pub fn false_alarms(
     reference: &Reference,
     sampler: &ReferenceSampler,
@@ -191,7 +198,10 @@ pub fn false_alarms(
         column_alarms: vec![0; sampler.names.len()],
         ..FalseAlarms::default()
     };
-    for i in 0..requests {
+    let samples = (requests as f64 * config.sample_rate).round() as u64;
+    out.requests = requests;
+    out.samples = samples;
+    for i in 0..samples {
         let row = sampler.row(&mut rng);
         let tensor = [request(&sampler.input, &row)];
         for report in monitor
@@ -210,7 +220,6 @@ pub fn false_alarms(
                 }
             }
         }
-        out.requests += 1;
     }
     Ok(out)
 }

@@ -245,30 +245,50 @@ pub fn run_test(
     threshold: Option<f64>,
     seed: u64,
 ) -> Result<TestOutcome, TestError> {
-    let threshold = threshold.unwrap_or_else(|| method.default_threshold());
+    run_chosen(Some(method), data, threshold, seed)
+}
+
+/// Runs `method`, or Evidently's default choice for the data when `None` (reference and
+/// current are lined up once for both).
+pub fn run_chosen(
+    method: Option<Method>,
+    data: &ColumnData<'_>,
+    threshold: Option<f64>,
+    seed: u64,
+) -> Result<TestOutcome, TestError> {
     let column = match data {
         ColumnData::Numeric { .. } => ColumnType::Numeric,
         ColumnData::Categorical { .. } => ColumnType::Categorical,
     };
-    if !method.accepts(column) {
+    if let Some(method) = method.filter(|m| !m.accepts(column)) {
         return Err(TestError::NotApplicable { method, column });
     }
-    let score = match data {
+    let (method, score) = match data {
         ColumnData::Numeric { reference, current } => {
             if current.is_empty() {
                 return Err(TestError::Empty);
             }
             let merged = Merged::new(reference, current);
-            numeric_score(method, reference, current, &merged, seed)
+            let method = method.unwrap_or_else(|| {
+                let distinct = merged.distinct().max(reference.distinct as usize);
+                default_method(reference.rows, column, distinct)
+            });
+            (
+                method,
+                numeric_score(method, reference, current, &merged, seed),
+            )
         }
         ColumnData::Categorical { reference, current } => {
             if current.is_empty() {
                 return Err(TestError::Empty);
             }
             let buckets = Buckets::categorical(reference, current);
-            bucket_score(method, &buckets, seed)
+            let method = method
+                .unwrap_or_else(|| default_method(reference.rows, column, buckets.keys.len()));
+            (method, bucket_score(method, &buckets, seed))
         }
     };
+    let threshold = threshold.unwrap_or_else(|| method.default_threshold());
     Ok(TestOutcome {
         method,
         score_kind: method.score_kind(),

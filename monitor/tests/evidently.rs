@@ -25,7 +25,9 @@ use nereid_monitor::reference::InputColumns;
 use nereid_monitor::stattest::{
     default_method, run_test, union_distinct, ColumnData, ColumnType, Method, TestOutcome,
 };
-use nereid_monitor::{Layout, Monitor, MonitorConfig, Reference, Sample, Task, TensorInfo};
+use nereid_monitor::{
+    Layout, Monitor, MonitorConfig, Reference, Sample, Task, TensorInfo, WindowSpec,
+};
 use nereid_protocol::{encode_bytes_elements, DataType, Tensor};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -328,7 +330,10 @@ fn nereid(case: &Case) -> (Vec<(Method, TestOutcome)>, Method, TestOutcome) {
 
 /// Three columns through a monitor window, for the `DataDriftPreset` comparison: two numeric
 /// (one shifted) as FP64 so values reach the tests unrounded, one categorical as BYTES.
-fn dataset_case(rng: &mut SmallRng) -> (Value, Vec<(String, String, f64, bool)>, f64, bool) {
+/// Nereid's column verdicts: (column, method, score, drift).
+type ColumnVerdicts = Vec<(String, String, f64, bool)>;
+
+fn dataset_case(rng: &mut SmallRng) -> (Value, ColumnVerdicts, f64, bool) {
     let x1r = normal(rng, 600, 10.0, 2.0, Some(2));
     let x1c = normal(rng, 1000, 10.0, 2.0, Some(2));
     let x2r = normal(rng, 600, 0.0, 1.0, Some(2));
@@ -410,8 +415,14 @@ fn dataset_case(rng: &mut SmallRng) -> (Value, Vec<(String, String, f64, bool)>,
         batched: true,
         labels: Default::default(),
     };
-    let mut monitor =
-        Monitor::new("m", 1, &reference, &MonitorConfig::default(), &layout).expect("monitor");
+    let config = MonitorConfig {
+        window: WindowSpec::Rows {
+            size: 1000,
+            step: 1000,
+        },
+        ..MonitorConfig::default()
+    };
+    let mut monitor = Monitor::new("m", 1, &reference, &config, &layout).expect("monitor");
     let mut reports = Vec::new();
     for i in 0..1000 {
         let x = [x1c[i], x2c[i]];

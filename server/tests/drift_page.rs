@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Repo, TestServer};
+use common::{iris_with, TestServer, EVERY_REQUEST};
 use serde_json::json;
 
 fn chromium() -> Option<PathBuf> {
@@ -79,7 +79,7 @@ async fn the_drift_page_renders_in_headless_chromium() {
         );
         return;
     };
-    let server = TestServer::start_repo(Repo::new().copy_model("iris_classifier")).await;
+    let server = TestServer::start_repo(iris_with(EVERY_REQUEST)).await;
     // Window 1 as trained, window 2 with petal length 1.5 cm longer.
     let rows: Vec<[f32; 4]> = vec![
         [5.1, 3.5, 1.4, 0.2],

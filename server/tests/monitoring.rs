@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Repo, TestServer};
+use common::{iris_with, Repo, TestServer, EVERY_REQUEST};
 use nereid_server::ServeConfig;
 use serde_json::{json, Value};
 
@@ -98,7 +98,7 @@ fn column<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shifted_feature_shows_as_drift_in_json_metrics_and_page() {
-    let server = TestServer::start_repo(Repo::new().copy_model("iris_classifier")).await;
+    let server = TestServer::start_repo(iris_with(EVERY_REQUEST)).await;
     let mut picker = Picker(0x1215);
 
     // Window 1: rows drawn from the training data itself.
@@ -222,7 +222,7 @@ async fn infer_row(server: &TestServer, id: Option<&str>, row: [f32; 4]) -> Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_joins_labels_and_bad_feedback_changes_nothing() {
-    let server = TestServer::start_repo(Repo::new().copy_model("iris_classifier")).await;
+    let server = TestServer::start_repo(iris_with(EVERY_REQUEST)).await;
     // Typical flowers (rows 1, 51 and 101 of Fisher's data) and a setosa-like one labelled
     // virginica below: three right, one wrong.
     let setosa = [5.1, 3.5, 1.4, 0.2];
@@ -350,29 +350,12 @@ async fn feedback_joins_labels_and_bad_feedback_changes_nothing() {
     server.shutdown().await.expect("clean shutdown");
 }
 
-/// The Iris classifier's config with extra `nereid.monitor.*` parameters.
-fn iris_with(parameters: &[(&str, &str)]) -> Repo {
-    let config = std::fs::read_to_string(format!(
-        "{}/iris_classifier/config.pbtxt",
-        common::MODEL_REPO
-    ))
-    .expect("config");
-    let mut config = config;
-    for (k, v) in parameters {
-        config.push_str(&format!(
-            "parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}\n"
-        ));
-    }
-    Repo::new()
-        .copy_model("iris_classifier")
-        .file("iris_classifier/config.pbtxt", config.as_bytes())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_monitor_drops_samples_and_never_holds_requests() {
     // 50 ms per sample and room for 4: were requests to wait for the monitor, 200 of them
     // would take at least 9.8 s.
     let server = TestServer::start_repo(iris_with(&[
+        ("nereid.monitor.sample_rate", "1"),
         ("nereid.monitor.delay_per_sample_us", "50000"),
         ("nereid.monitor.queue_size", "4"),
     ]))
@@ -482,7 +465,7 @@ async fn bad_monitor_settings_and_references_fail_the_load_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_survives_a_restart_and_exports_as_a_dataset_version() {
     let logs = tempfile::tempdir().expect("log dir");
-    let repo = Repo::new().copy_model("iris_classifier");
+    let repo = iris_with(EVERY_REQUEST);
     let repo_path = repo.path();
     let start = |repo: Option<Repo>| {
         let mut config = ServeConfig::for_tests(&repo_path);
@@ -604,4 +587,31 @@ async fn the_log_survives_a_restart_and_exports_as_a_dataset_version() {
         .and_then(|c| c.as_any().downcast_ref::<arrow::array::Float64Array>())
         .expect("sepal_length");
     assert_eq!(length.value(row3), f64::from(data[3].0[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_tenth_of_requests_is_sampled_and_given_an_id() {
+    let server = TestServer::start_repo(Repo::new().copy_model("iris_classifier")).await;
+    let mut with_id = 0;
+    for _ in 0..100 {
+        let doc = infer_row(&server, None, [5.1, 3.5, 1.4, 0.2]).await;
+        with_id += usize::from(doc.get("id").is_some());
+    }
+    assert_eq!(with_id, 10);
+    // A request that names itself keeps its id whether sampled or not.
+    assert_eq!(
+        infer_row(&server, Some("mine"), [5.1, 3.5, 1.4, 0.2]).await["id"],
+        "mine"
+    );
+    let doc = server.get("/v2/models/iris_classifier/drift").await.json();
+    assert_eq!(doc["monitoring"]["sample_rate"], 0.1);
+    assert_eq!(
+        doc["monitoring"]["window"],
+        "sliding, 200 rows every 100 rows"
+    );
+    assert_eq!(
+        doc["samples"].as_u64().expect("samples") + doc["dropped"].as_u64().expect("dropped"),
+        10
+    );
+    server.shutdown().await.expect("clean shutdown");
 }

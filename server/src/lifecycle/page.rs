@@ -112,7 +112,15 @@ fn badge(drift: bool, yes: &str, no: &str) -> String {
 /// Grouped bars: reference and current share per bin or category.
 fn bars(column: &ColumnReport) -> String {
     let h = &column.histogram;
-    let n = h.labels.len().max(1);
+    let labels: Vec<String> = if h.edges.is_empty() {
+        h.labels.clone()
+    } else {
+        h.edges
+            .windows(2)
+            .map(|e| format!("[{}, {})", number(e[0]), number(e[1])))
+            .collect()
+    };
+    let n = labels.len().max(1);
     let (width, height, pad) = (420.0, 130.0, 18.0);
     let top = h
         .reference
@@ -134,7 +142,7 @@ fn bars(column: &ColumnReport) -> String {
         "<line x1=\"{pad}\" y1=\"{height}\" x2=\"{}\" y2=\"{height}\" stroke=\"#999\"/>",
         width - pad
     );
-    for (i, label) in h.labels.iter().enumerate() {
+    for (i, label) in labels.iter().enumerate() {
         let x = pad + slot * i as f64 + slot * 0.1;
         for (k, (shares, colour)) in [
             (&h.reference, REFERENCE_COLOUR),

@@ -533,3 +533,25 @@ pub fn faulty_repo() -> Repo {
         .file("partial/2/model.safetensors", &weights)
         .file("partial/labels.txt", &labels)
 }
+
+/// Monitor settings that sample every request, in tumbling windows of 1,000 rows (tests that
+/// count rows and windows).
+pub const EVERY_REQUEST: &[(&str, &str)] = &[
+    ("nereid.monitor.sample_rate", "1"),
+    ("nereid.monitor.window", "1000"),
+];
+
+/// The Iris classifier's config with extra `nereid.monitor.*` parameters.
+pub fn iris_with(parameters: &[(&str, &str)]) -> Repo {
+    let config = std::fs::read_to_string(format!("{}/iris_classifier/config.pbtxt", MODEL_REPO))
+        .expect("config");
+    let mut config = config;
+    for (k, v) in parameters {
+        config.push_str(&format!(
+            "parameters {{ key: \"{k}\" value: {{ string_value: \"{v}\" }} }}\n"
+        ));
+    }
+    Repo::new()
+        .copy_model("iris_classifier")
+        .file("iris_classifier/config.pbtxt", config.as_bytes())
+}
