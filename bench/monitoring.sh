@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Monitor overhead: the same models with monitoring on (the default when a version has a
-# reference.json: every request sampled, windows of 1,000 rows, prediction log written) and
-# off (`nereid.monitor.enabled: false`), served side by side by one Nereid on core 0, closed loop
-# at concurrency 16 over HTTP (binary tensors) and gRPC, alternating on/off each round.
+# Monitor overhead: the same models with monitoring on at the defaults (on when a version has a
+# reference.json: a tenth of requests sampled, windows of 200 rows every 100, sampled requests
+# in the prediction log), with every request sampled (`all`: sample_rate 1), and off
+# (`nereid.monitor.enabled: false`), served side by side by one Nereid on core 0, closed loop at
+# concurrency 16 over HTTP (binary tensors) and gRPC, the order rotating each round.
 # Models: iris_classifier (its checked-in reference) and identity_fp32 (16 features, given a
 # reference with `nereid monitor reference` from a synthetic dataset). Request data: 1,000
 # different rows per model (Fisher's Iris rows; standard normals), so that windows hold real
@@ -11,9 +12,9 @@
 #   flock /tmp/nereid-cargo.lock bash bench/monitoring.sh
 #
 # Env: ROUNDS (5), CONCURRENCY (16), CONFIGS ("http:binary grpc:binary"), WINDOW_MS, ...
+ROUNDS="${ROUNDS:-5}"
 source "$(dirname "$0")/lib.sh"
 
-ROUNDS="${ROUNDS:-5}"
 CONFIGS="${CONFIGS:-http:binary grpc:binary}"
 CONCURRENCY="${CONCURRENCY:-16}"
 OUT="$(results_dir monitoring)"
@@ -25,12 +26,14 @@ build_release
 repo="$WORK/repo"
 mkdir -p "$repo"
 for model in iris_classifier identity_fp32; do
-    for mode in on off; do
+    for mode in on all off; do
         cp -r "$ROOT/model-repo/$model" "$repo/${model}_$mode"
         sed -i "s/^name: \"$model\"/name: \"${model}_$mode\"/" "$repo/${model}_$mode/config.pbtxt"
     done
     echo 'parameters { key: "nereid.monitor.enabled" value: { string_value: "false" } }' \
         >> "$repo/${model}_off/config.pbtxt"
+    echo 'parameters { key: "nereid.monitor.sample_rate" value: { string_value: "1" } }' \
+        >> "$repo/${model}_all/config.pbtxt"
 done
 
 # A reference for identity_fp32_on: 5,000 rows of 16 standard normals.
@@ -43,8 +46,10 @@ with open(sys.argv[1], "w") as f:
         f.write(",".join(f"{random.gauss(0, 1):.4f}" for _ in range(16)) + "\n")
 PY
 "$BIN/nereid" features ingest "$WORK/synthetic.csv" --name synthetic --store "$WORK/store" > /dev/null
-"$BIN/nereid" monitor reference --dataset synthetic --store "$WORK/store" \
-    --repository "$repo" --model identity_fp32_on --version 1
+for mode in on all; do
+    "$BIN/nereid" monitor reference --dataset synthetic --store "$WORK/store" \
+        --repository "$repo" --model "identity_fp32_$mode" --version 1
+done
 
 # Request data: perf_analyzer's JSON form, 1,000 entries per model.
 "$BIN/examples/export_iris" "$WORK/iris.csv" > /dev/null
@@ -84,7 +89,11 @@ sweep() {
 }
 
 for round in $(seq "$ROUNDS"); do
-    if [ $((round % 2)) -eq 1 ]; then order="off on"; else order="on off"; fi
+    case $((round % 3)) in
+        1) order="off on all" ;;
+        2) order="on all off" ;;
+        *) order="all off on" ;;
+    esac
     for config in $CONFIGS; do
         for model in iris_classifier identity_fp32; do
             data="$WORK/iris.json"
@@ -100,5 +109,7 @@ curl -s "http://$METRICS/metrics" | grep -E '^nereid_monitor_(samples|samples_dr
     | tee "$OUT/monitor-counters.txt"
 du -sh "$WORK/prediction-log" | tee "$OUT/prediction-log-size.txt"
 python3 "$ROOT/bench/summarize.py" "$CSV" --baseline off --subject on \
-    --title "Monitor overhead: monitoring on vs off (concurrency $CONCURRENCY)" | tee "$OUT/summary.md"
+    --title "Monitor overhead at the defaults: on vs off (concurrency $CONCURRENCY)" | tee "$OUT/summary.md"
+python3 "$ROOT/bench/summarize.py" "$CSV" --baseline off --subject all \
+    --title "Monitor overhead sampling every request: all vs off (concurrency $CONCURRENCY)" | tee -a "$OUT/summary.md"
 echo "raw results: $OUT"
