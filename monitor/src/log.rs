@@ -176,11 +176,16 @@ impl LogWriter {
     }
 
     fn start_segment(&mut self) -> io::Result<()> {
-        let path = self.dir.join(format!("{:010}.seg", self.next_seq));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        // Another writer on the folder (a version reloading while the old one drains) may have
+        // taken the next number: take the one after it.
+        let (path, file) = loop {
+            let path = self.dir.join(format!("{:010}.seg", self.next_seq));
+            match OpenOptions::new().create_new(true).append(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.next_seq += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let mut writer = BufWriter::with_capacity(256 << 10, file);
         writer.write_all(MAGIC)?;
         self.open = Some((
@@ -549,6 +554,21 @@ mod tests {
         let mut read = Vec::new();
         read_log(dir.path(), |r| read.push(r)).expect("read");
         assert!(read.is_empty());
+    }
+
+    #[test]
+    fn two_writers_on_one_folder_take_different_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = LogWriter::open(dir.path(), LogSettings::default()).expect("open");
+        let mut b = LogWriter::open(dir.path(), LogSettings::default()).expect("open");
+        a.append(&prediction(1)).expect("append a");
+        b.append(&prediction(2)).expect("append b");
+        a.flush().expect("flush");
+        b.flush().expect("flush");
+        let mut ids = Vec::new();
+        read_log(dir.path(), |r| ids.push(r.id().to_string())).expect("read");
+        ids.sort();
+        assert_eq!(ids, ["req-1", "req-2"]);
     }
 
     #[test]

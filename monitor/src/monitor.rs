@@ -324,13 +324,13 @@ impl Monitor {
             .chain(config.column_tests.keys())
             .chain(config.column_thresholds.keys())
         {
-            if !columns.iter().any(|c| &c.name == name) && !reference.features.is_empty() {
-                let prediction_name = prediction_output(reference, config, layout);
-                if prediction_name.as_deref() != Some(name.as_str()) {
-                    return Err(fail(format!(
-                        "the monitor settings name column '{name}', which is not a monitored feature"
-                    )));
-                }
+            let prediction_name = prediction_output(reference, config, layout);
+            if !columns.iter().any(|c| &c.name == name)
+                && prediction_name.as_deref() != Some(name.as_str())
+            {
+                return Err(fail(format!(
+                    "the monitor settings name column '{name}', which is neither a monitored feature nor the prediction output"
+                )));
             }
         }
 
@@ -1192,5 +1192,248 @@ fn read_prediction(
             Some(v) if !v.is_nan() => Predicted::Value(v),
             _ => Predicted::Missing,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{categorical_stats, reference_numeric_stats, ColumnProfile, Profile};
+    use nereid_protocol::encode_bytes_elements;
+    use std::time::Duration;
+
+    /// A reference with numeric `x` (0..=9) fed by FP32 input `X`, categorical `c` (a, b)
+    /// fed by BYTES input `C`, and predictions of classes no/yes from output `P`.
+    fn setup(window: WindowSpec) -> Monitor {
+        setup_with(window, DataType::Fp32)
+    }
+
+    fn setup_with(window: WindowSpec, x_type: DataType) -> Monitor {
+        let values: Vec<f64> = (0..100).map(|i| f64::from(i % 10)).collect();
+        let counts: BTreeMap<&str, u64> = [("a", 60), ("b", 40)].into_iter().collect();
+        let predictions: BTreeMap<&str, u64> = [("no", 50), ("yes", 50)].into_iter().collect();
+        let categorical = |name: &str, counts: &BTreeMap<&str, u64>| ColumnProfile {
+            name: name.into(),
+            data_type: "Utf8".into(),
+            kind: ColumnKind::Categorical,
+            count: 100,
+            nulls: 0,
+            numeric: None,
+            categorical: Some(categorical_stats(counts, 100)),
+            temporal: None,
+        };
+        let reference = Reference {
+            format: 2,
+            task: Task::Classification,
+            dataset_version: "d".into(),
+            input_name: String::new(),
+            features: Vec::new(),
+            label: String::new(),
+            classes: vec!["no".into(), "yes".into()],
+            profile: Profile {
+                rows: 100,
+                columns: vec![
+                    ColumnProfile {
+                        name: "x".into(),
+                        data_type: "Float64".into(),
+                        kind: ColumnKind::Numeric,
+                        count: 100,
+                        nulls: 0,
+                        numeric: Some(reference_numeric_stats(&values)),
+                        categorical: None,
+                        temporal: None,
+                    },
+                    categorical("c", &counts),
+                    categorical("predicted", &predictions),
+                ],
+            },
+            inputs: vec![
+                crate::reference::InputColumns {
+                    name: "X".into(),
+                    columns: vec!["x".into()],
+                },
+                crate::reference::InputColumns {
+                    name: "C".into(),
+                    columns: vec!["c".into()],
+                },
+            ],
+            prediction: Some(crate::reference::PredictionReference {
+                output: "P".into(),
+                column: "predicted".into(),
+            }),
+        };
+        let info = |name: &str, datatype, per_row| TensorInfo {
+            name: name.into(),
+            datatype,
+            per_row: Some(per_row),
+        };
+        let layout = Layout {
+            inputs: vec![info("X", x_type, 1), info("C", DataType::Bytes, 1)],
+            outputs: vec![info("P", DataType::Fp32, 2)],
+            batched: true,
+            labels: BTreeMap::new(),
+        };
+        let config = MonitorConfig {
+            window,
+            max_window_rows: 10,
+            ..MonitorConfig::default()
+        };
+        Monitor::new("m", 1, &reference, &config, &layout).expect("monitor")
+    }
+
+    /// One request of `xs.len()` rows.
+    fn request(xs: &[f32], cs: &[&str], yes: &[f32]) -> (Vec<Tensor>, Vec<Tensor>) {
+        let n = xs.len() as i64;
+        let scores: Vec<f32> = yes.iter().flat_map(|y| [1.0 - y, *y]).collect();
+        (
+            vec![
+                Tensor::from_f32("X", vec![n, 1], xs),
+                Tensor::new("C", DataType::Bytes, vec![n, 1], encode_bytes_elements(cs)),
+            ],
+            vec![Tensor::from_f32("P", vec![n, 2], &scores)],
+        )
+    }
+
+    fn observe(m: &mut Monitor, xs: &[f32], cs: &[&str], yes: &[f32], t: u64) -> Observed {
+        let (inputs, outputs) = request(xs, cs, yes);
+        m.observe(&Sample {
+            inputs: &inputs,
+            outputs: &outputs,
+            time_ms: t,
+        })
+    }
+
+    #[test]
+    fn rows_of_a_batch_count_one_by_one_and_windows_slide() {
+        let mut m = setup(WindowSpec::Rows { size: 4, step: 2 });
+        // 3 rows: the first pane (2 rows) closes, but a window needs two panes.
+        let o = observe(
+            &mut m,
+            &[1.0, 2.0, 3.0],
+            &["a", "b", "a"],
+            &[0.9, 0.2, 0.6],
+            0,
+        );
+        assert!(o.reports.is_empty());
+        assert_eq!(o.predictions.len(), 3);
+        assert!(
+            matches!(&o.predictions[0], Predicted::Class { index: 1, name } if &**name == "yes")
+        );
+        assert!(
+            matches!(&o.predictions[1], Predicted::Class { index: 0, name } if &**name == "no")
+        );
+        // Rows 4 to 6 close panes at rows 4 and 6: windows 1 (rows 1-4) and 2 (rows 3-6).
+        let o = observe(
+            &mut m,
+            &[4.0, 5.0, 6.0],
+            &["a", "b", "b"],
+            &[0.1, 0.1, 0.1],
+            1,
+        );
+        assert_eq!(o.reports.len(), 2);
+        let r = &o.reports[0];
+        assert_eq!(
+            (r.window.index, r.window.rows, r.window.rows_tested),
+            (1, 4, 4)
+        );
+        assert_eq!(r.window.spec, "sliding, 4 rows every 2 rows");
+        assert_eq!(r.columns.len(), 3);
+        assert_eq!(r.columns[2].role, Role::Prediction);
+        assert_eq!(
+            r.columns[0].summary.as_ref().map(|s| s.current_mean),
+            Some(2.5)
+        );
+        let r = &o.reports[1];
+        assert_eq!((r.window.index, r.window.rows), (2, 4));
+        assert_eq!(
+            r.columns[0].summary.as_ref().map(|s| s.current_mean),
+            Some(4.5)
+        );
+        // Two more rows close the next window, which overlaps the last by two rows.
+        let o = observe(&mut m, &[7.0, 8.0], &["a", "a"], &[0.9, 0.9], 2);
+        assert_eq!(o.reports.len(), 1);
+        assert_eq!(o.reports[0].window.index, 3);
+        assert_eq!(
+            o.reports[0].columns[0]
+                .summary
+                .as_ref()
+                .map(|s| s.current_mean),
+            Some(6.5)
+        );
+    }
+
+    #[test]
+    fn quality_counts_missing_out_of_range_unseen_and_wrong_type() {
+        let mut m = setup(WindowSpec::Rows { size: 6, step: 6 });
+        let o = observe(
+            &mut m,
+            &[1.0, f32::NAN, 42.0, f32::INFINITY, 3.0, 4.0],
+            &["a", "b", "zzz", "a", "a", "b"],
+            &[0.9, f32::NAN, 0.2, 0.3, 0.9, 0.1],
+            0,
+        );
+        let r = &o.reports[0];
+        let x = &r.columns[0].quality;
+        assert_eq!((x.rows, x.missing.count), (6, 1));
+        assert_eq!(x.out_of_range.as_ref().map(|c| c.count), Some(2));
+        // 2 of 6 outside the range of 100 reference values: p = 0.0056, not yet below 0.001.
+        let p = x.out_of_range.as_ref().map_or(1.0, |c| c.p_value);
+        assert!(p < 0.01 && p > 0.001, "{x:?}");
+        let c = &r.columns[1].quality;
+        assert_eq!(c.unseen_categories.as_ref().map(|c| c.count), Some(1));
+        let p = &r.columns[2].quality;
+        assert_eq!(p.missing.count, 1, "NaN scores have no prediction");
+        // The tests ran on the finite values (1, 42, 3, 4), as Evidently drops NaN and infinities.
+        assert_eq!(
+            r.columns[0].summary.as_ref().map(|s| s.current_mean),
+            Some(12.5)
+        );
+        assert!(o.predictions.iter().any(|p| *p == Predicted::Missing));
+    }
+
+    #[test]
+    fn numbers_that_do_not_parse_are_the_wrong_type() {
+        // A numeric column fed from a BYTES input: "1.5" is a number, "abc" is not.
+        let mut m = setup_with(WindowSpec::Rows { size: 2, step: 2 }, DataType::Bytes);
+        let (mut inputs, outputs) = request(&[0.0, 0.0], &["a", "b"], &[0.5, 0.5]);
+        inputs[0] = Tensor::new(
+            "X",
+            DataType::Bytes,
+            vec![2, 1],
+            encode_bytes_elements(["1.5", "abc"]),
+        );
+        let o = m.observe(&Sample {
+            inputs: &inputs,
+            outputs: &outputs,
+            time_ms: 0,
+        });
+        let x = &o.reports[0].columns[0];
+        assert_eq!(x.quality.wrong_type.count, 1);
+        assert!(x.quality.wrong_type.failed);
+        assert_eq!(x.summary.as_ref().map(|s| s.current_mean), Some(1.5));
+    }
+
+    #[test]
+    fn time_windows_close_on_time_and_keep_a_uniform_sample() {
+        let mut m = setup(WindowSpec::Time {
+            size: Duration::from_secs(1),
+            step: Duration::from_secs(1),
+        });
+        for t in 0..100u64 {
+            assert!(
+                observe(&mut m, &[(t % 10) as f32], &["a"], &[0.5], 10_000 + t)
+                    .reports
+                    .is_empty()
+            );
+        }
+        assert_eq!(m.next_deadline_ms(), Some(11_000));
+        assert!(m.tick(10_999).is_empty());
+        let reports = m.tick(11_000);
+        assert_eq!(reports.len(), 1);
+        let w = &reports[0].window;
+        assert_eq!((w.start_ms, w.end_ms, w.rows), (10_000, 11_000, 100));
+        assert_eq!(w.rows_tested, 10, "max_window_rows keeps a sample of 10");
+        // Nothing arrives for a minute: no empty windows are reported.
+        assert!(m.tick(71_000).is_empty());
     }
 }

@@ -329,8 +329,14 @@ pub fn reference_from_dataset(
     let label = options.label.as_deref().map(find).transpose()?;
     let prediction_column = options.prediction_column.as_deref().map(find).transpose()?;
     let layout = Layout::from_config(config, BTreeMap::new());
-    let inputs: Vec<InputColumns> = match layout.inputs.as_slice() {
-        [only] if only.per_row.is_some_and(|n| n != 1) || layout.inputs.len() == 1 && !options.features.is_empty() => {
+    // One input of several elements (or with named features): its elements are columns. Else
+    // every input is one column of the same name.
+    let one_input = match layout.inputs.as_slice() {
+        [only] if only.per_row != Some(1) || !options.features.is_empty() => Some(only),
+        _ => None,
+    };
+    let inputs: Vec<InputColumns> = match one_input {
+        Some(only) => {
             let n = only.per_row.ok_or_else(|| {
                 anyhow::anyhow!("input '{}' has a variable shape; it cannot be mapped to columns", only.name)
             })?;
@@ -362,14 +368,20 @@ pub fn reference_from_dataset(
                 columns,
             }]
         }
-        all => all
+        None => layout
+            .inputs
             .iter()
             .map(|i| {
-                if i.per_row != Some(1) {
-                    bail!(
+                match i.per_row {
+                    Some(1) => {}
+                    None => bail!(
+                        "input '{}' has a variable shape; it cannot be mapped to columns",
+                        i.name
+                    ),
+                    Some(_) => bail!(
                         "input '{}' has more than one element per row; with several inputs each must be one column",
                         i.name
-                    );
+                    ),
                 }
                 Ok(InputColumns {
                     name: i.name.clone(),

@@ -479,9 +479,11 @@ impl Worker {
         }
     }
 
+    /// Hands buffered records to the OS and drops segments past the size or age limit (age
+    /// limits apply even when too little traffic comes to fill a segment).
     fn flush_log(&self) {
         if let Some(log) = lock(&self.log).as_mut() {
-            if let Err(err) = log.flush() {
+            if let Err(err) = log.flush().and_then(|()| log.enforce_retention(now_ms())) {
                 tracing::warn!(dir = %log.dir().display(), %err, "prediction log flush failed");
             }
         }
