@@ -86,18 +86,21 @@ impl NumericReference {
         if points.is_empty() || rows == 0 {
             return None;
         }
-        Some(NumericReference {
-            cumulative: cumulative(&weights),
-            points,
-            weights,
-            rows,
-            mean,
-            std,
-            min,
-            max,
-            distinct: stats.distinct,
-            fidelity,
-        })
+        Some(
+            NumericReference {
+                cumulative: Vec::new(),
+                points,
+                weights,
+                rows,
+                mean,
+                std,
+                min,
+                max,
+                distinct: stats.distinct,
+                fidelity,
+            }
+            .indexed(),
+        )
     }
 
     /// The weight of points below `x` (`inclusive`: at or below).
@@ -112,6 +115,54 @@ impl NumericReference {
         } else {
             self.cumulative[n - 1]
         }
+    }
+
+    /// Fills the prefix table from `weights`.
+    fn indexed(mut self) -> Self {
+        self.cumulative = cumulative(&self.weights);
+        self
+    }
+
+    /// The two-sample KS statistic, the Wasserstein-1 distance and ∫ (F - G)² against
+    /// `current` (sorted, finite), as scipy computes them on the raw data: one merge walk over
+    /// both, without materialising the merge.
+    pub fn distances(&self, current: &[f64]) -> (f64, f64, f64) {
+        if current.is_empty() {
+            return (f64::NAN, f64::NAN, f64::NAN);
+        }
+        let total: f64 = self.cumulative.last().copied().unwrap_or(1.0);
+        let k = current.len() as f64;
+        let (mut i, mut j) = (0, 0);
+        let (mut fr, mut fc) = (0.0f64, 0.0f64);
+        let (mut d, mut w1, mut w2) = (0.0f64, 0.0, 0.0);
+        let mut previous: Option<f64> = None;
+        while i < self.points.len() || j < current.len() {
+            let r = self.points.get(i).copied();
+            let c = current.get(j).copied();
+            let x = match (r, c) {
+                (Some(r), Some(c)) => r.min(c),
+                (Some(r), None) => r,
+                (None, Some(c)) => c,
+                (None, None) => break,
+            };
+            // The CDFs before x hold on [previous, x).
+            if let Some(p) = previous {
+                let gap = (fr - fc).abs();
+                w1 += gap * (x - p);
+                w2 += gap * gap * (x - p);
+            }
+            if r == Some(x) {
+                fr = self.cumulative[i] / total;
+                i += 1;
+            }
+            while current.get(j) == Some(&x) {
+                j += 1;
+            }
+            fc = j as f64 / k;
+            d = d.max((fr - fc).abs());
+            previous = Some(x);
+        }
+        (d, w1, w2)
     }
 
     /// The reference as a model of `datatype` receives it: every value rounded to that type
@@ -132,13 +183,13 @@ impl NumericReference {
                 .map(|(p, w)| (round(*p), *w)),
         );
         NumericReference {
-            cumulative: cumulative(&weights),
             points,
             weights,
             min: round(self.min),
             max: round(self.max),
             ..self.clone()
         }
+        .indexed()
     }
 
     /// The reference as categories: each distinct value with its count (only meaningful for
@@ -310,6 +361,34 @@ mod tests {
         let cdfs: Vec<(f64, f64)> = m.cdfs().collect();
         assert_eq!(cdfs[2], (0.75, 0.75));
         assert_eq!(cdfs[4], (1.0, 1.0));
+    }
+
+    #[test]
+    fn distances_equal_the_merged_view() {
+        let values: Vec<f64> = (0..3000)
+            .map(|i| ((f64::from(i) * 0.37).sin() * 3.0 * 100.0).round() / 100.0)
+            .collect();
+        let r = NumericReference::from_stats(&reference_numeric_stats(&values)).expect("reference");
+        for current in [
+            vec![-5.0, -1.0, 0.0, 0.0, 0.5, 2.0, 9.0],
+            vec![0.25],
+            (0..200)
+                .map(|i| f64::from(i) / 50.0 - 2.0)
+                .collect::<Vec<_>>(),
+        ] {
+            let m = Merged::new(&r, &current);
+            let cdfs: Vec<(f64, f64)> = m.cdfs().collect();
+            let d = cdfs.iter().map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let (mut w1, mut w2) = (0.0, 0.0);
+            for (w, (a, b)) in m.values.windows(2).zip(&cdfs) {
+                w1 += (a - b).abs() * (w[1] - w[0]);
+                w2 += (a - b) * (a - b) * (w[1] - w[0]);
+            }
+            let (fd, fw1, fw2) = r.distances(&current);
+            assert!((fd - d).abs() < 1e-12, "{fd} {d}");
+            assert!((fw1 - w1).abs() < 1e-9 * w1.max(1.0), "{fw1} {w1}");
+            assert!((fw2 - w2).abs() < 1e-9 * w2.max(1.0), "{fw2} {w2}");
+        }
     }
 
     #[test]

@@ -209,6 +209,9 @@ struct Pane {
     start_ms: u64,
     end_ms: u64,
     rows_seen: u64,
+    /// Rows kept, set when the pane closes (its numeric values are then sorted in place and
+    /// no longer line up row by row).
+    kept_rows: usize,
     values: Vec<Values>,
     counts: Vec<Counts>,
 }
@@ -699,7 +702,15 @@ impl Monitor {
     /// Closes the open pane; returns a report when that completes a window.
     fn close_pane(&mut self) -> Option<DriftReport> {
         let fresh = empty_pane(&self.columns, self.open.end_ms, self.open.end_ms);
-        let pane = std::mem::replace(&mut self.open, fresh);
+        let mut pane = std::mem::replace(&mut self.open, fresh);
+        // Each pane is sorted once, here; a window then merges its panes' sorted runs.
+        pane.kept_rows = pane.kept();
+        for values in &mut pane.values {
+            if let Values::Numeric(v) = values {
+                v.retain(|x| x.is_finite());
+                v.sort_unstable_by(f64::total_cmp);
+            }
+        }
         self.closed.push_back(pane);
         let panes = self.config.window.panes().max(1) as usize;
         if self.closed.len() < panes {
@@ -720,7 +731,7 @@ impl Monitor {
         }
         self.windows += 1;
         let window_index = self.windows;
-        let rows_tested: usize = self.closed.iter().map(Pane::kept).sum();
+        let rows_tested: usize = self.closed.iter().map(|p| p.kept_rows).sum();
         let start_ms = self.closed.front().map_or(0, |p| p.start_ms);
         let end_ms = self.closed.back().map_or(0, |p| p.end_ms);
         let mut reports = Vec::with_capacity(self.columns.len());
@@ -736,10 +747,11 @@ impl Monitor {
                     let mut current: Vec<f64> = Vec::with_capacity(rows_tested);
                     for pane in &self.closed {
                         if let Values::Numeric(v) = &pane.values[index] {
-                            current.extend(v.iter().copied().filter(|x| x.is_finite()));
+                            current.extend_from_slice(v);
                         }
                     }
-                    current.sort_unstable_by(f64::total_cmp);
+                    // Sorted runs, one per pane: the stable sort merges them in linear time.
+                    current.sort_by(f64::total_cmp);
                     let data = ColumnData::Numeric {
                         reference,
                         current: &current,
@@ -849,6 +861,7 @@ fn empty_pane(columns: &[Column], start_ms: u64, end_ms: u64) -> Pane {
         start_ms,
         end_ms,
         rows_seen: 0,
+        kept_rows: 0,
         values: columns
             .iter()
             .map(|c| match c.reference {
