@@ -1401,7 +1401,7 @@ mod tests {
             r.columns[0].summary.as_ref().map(|s| s.current_mean),
             Some(12.5)
         );
-        assert!(o.predictions.iter().any(|p| *p == Predicted::Missing));
+        assert!(o.predictions.contains(&Predicted::Missing));
     }
 
     #[test]

@@ -57,9 +57,11 @@ pub fn ks_two_sample_pvalue(d: f64, n1: u64, n2: u64) -> (f64, KsMethod) {
 /// Answers remembered per thread by [`ks_two_sample_pvalue`].
 const KS_CACHE_ENTRIES: usize = 1 << 16;
 
+/// (larger size, smaller size, statistic on the lattice) -> answer.
+type KsTable = std::collections::HashMap<(u64, u64, u64), (f64, KsMethod)>;
+
 thread_local! {
-    static KS_CACHE: std::cell::RefCell<std::collections::HashMap<(u64, u64, u64), (f64, KsMethod)>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    static KS_CACHE: std::cell::RefCell<KsTable> = std::cell::RefCell::new(KsTable::new());
 }
 
 fn ks_uncached(m: u64, n: u64, g: u64, lcm: f64, h: f64) -> (f64, KsMethod) {
