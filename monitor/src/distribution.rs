@@ -127,40 +127,42 @@ impl NumericReference {
     /// `current` (sorted, finite), as scipy computes them on the raw data: one merge walk over
     /// both, without materialising the merge.
     pub fn distances(&self, current: &[f64]) -> (f64, f64, f64) {
-        if current.is_empty() {
+        let (points, cumulative) = (&self.points[..], &self.cumulative[..]);
+        let (nr, nc) = (points.len(), current.len());
+        if nc == 0 || nr == 0 {
             return (f64::NAN, f64::NAN, f64::NAN);
         }
-        let total: f64 = self.cumulative.last().copied().unwrap_or(1.0);
-        let k = current.len() as f64;
-        let (mut i, mut j) = (0, 0);
+        let total = cumulative[nr - 1];
+        let k = nc as f64;
+        let (mut i, mut j) = (0usize, 0usize);
         let (mut fr, mut fc) = (0.0f64, 0.0f64);
-        let (mut d, mut w1, mut w2) = (0.0f64, 0.0, 0.0);
-        let mut previous: Option<f64> = None;
-        while i < self.points.len() || j < current.len() {
-            let r = self.points.get(i).copied();
-            let c = current.get(j).copied();
-            let x = match (r, c) {
-                (Some(r), Some(c)) => r.min(c),
-                (Some(r), None) => r,
-                (None, Some(c)) => c,
-                (None, None) => break,
+        let (mut d, mut w1, mut w2) = (0.0f64, 0.0f64, 0.0f64);
+        // Both CDFs are 0 before the first value, so the walk starts there.
+        let mut previous = points[0].min(current[0]);
+        while i < nr || j < nc {
+            let x = if j == nc || (i < nr && points[i] <= current[j]) {
+                points[i]
+            } else {
+                current[j]
             };
-            // The CDFs before x hold on [previous, x).
-            if let Some(p) = previous {
-                let gap = (fr - fc).abs();
-                w1 += gap * (x - p);
-                w2 += gap * gap * (x - p);
-            }
-            if r == Some(x) {
-                fr = self.cumulative[i] / total;
+            // The CDFs of the last value hold on [previous, x).
+            let gap = (fr - fc).abs();
+            let dx = x - previous;
+            w1 += gap * dx;
+            w2 += gap * gap * dx;
+            // Reference points are distinct: at most one sits at x.
+            if i < nr && points[i] == x {
+                fr = cumulative[i] / total;
                 i += 1;
             }
-            while current.get(j) == Some(&x) {
-                j += 1;
+            if j < nc && current[j] == x {
+                while j < nc && current[j] == x {
+                    j += 1;
+                }
+                fc = j as f64 / k;
             }
-            fc = j as f64 / k;
             d = d.max((fr - fc).abs());
-            previous = Some(x);
+            previous = x;
         }
         (d, w1, w2)
     }

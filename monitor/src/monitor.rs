@@ -421,7 +421,7 @@ impl Monitor {
             prediction,
             batched: layout.batched,
             closed: VecDeque::with_capacity(panes as usize),
-            open: empty_pane(&columns, 0, 0),
+            open: empty_pane(&columns, 0, 0, pane_capacity(config)),
             columns,
             windows: 0,
             rng: SmallRng::seed_from_u64(version ^ 0x006d_6f6e_6974_6f72),
@@ -701,7 +701,12 @@ impl Monitor {
 
     /// Closes the open pane; returns a report when that completes a window.
     fn close_pane(&mut self) -> Option<DriftReport> {
-        let fresh = empty_pane(&self.columns, self.open.end_ms, self.open.end_ms);
+        let fresh = empty_pane(
+            &self.columns,
+            self.open.end_ms,
+            self.open.end_ms,
+            pane_capacity(&self.config),
+        );
         let mut pane = std::mem::replace(&mut self.open, fresh);
         // Each pane is sorted once, here; a window then merges its panes' sorted runs.
         pane.kept_rows = pane.kept();
@@ -856,7 +861,7 @@ fn store(values: &mut Values, value: Stored, slot: Option<Option<usize>>) {
     }
 }
 
-fn empty_pane(columns: &[Column], start_ms: u64, end_ms: u64) -> Pane {
+fn empty_pane(columns: &[Column], start_ms: u64, end_ms: u64, capacity: usize) -> Pane {
     Pane {
         start_ms,
         end_ms,
@@ -865,11 +870,20 @@ fn empty_pane(columns: &[Column], start_ms: u64, end_ms: u64) -> Pane {
         values: columns
             .iter()
             .map(|c| match c.reference {
-                ColumnRef::Numeric(_) => Values::Numeric(Vec::new()),
-                ColumnRef::Categorical(_) => Values::Categorical(Vec::new()),
+                ColumnRef::Numeric(_) => Values::Numeric(Vec::with_capacity(capacity)),
+                ColumnRef::Categorical(_) => Values::Categorical(Vec::with_capacity(capacity)),
             })
             .collect(),
         counts: vec![Counts::default(); columns.len()],
+    }
+}
+
+/// Rows a pane will hold: its step for row windows; time panes grow as rows come (up to their
+/// share of `max_window_rows`).
+fn pane_capacity(config: &MonitorConfig) -> usize {
+    match config.window {
+        WindowSpec::Rows { step, .. } => step.min(1 << 16) as usize,
+        WindowSpec::Time { .. } => 0,
     }
 }
 

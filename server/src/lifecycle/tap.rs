@@ -16,6 +16,9 @@
 //! (a flush marker through the same queue), so a label sent right after its response finds
 //! its prediction.
 //!
+//! The thread runs at the lowest scheduling priority: under a load that keeps every core busy
+//! with serving, the monitor falls behind and drops samples instead of taking CPU from requests.
+//!
 //! The thread ends when the version is dropped (the sender with it) and the queue is drained.
 
 use std::collections::VecDeque;
@@ -360,6 +363,14 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
+        // The lowest priority (nice 19 on Linux): a busy server's serving threads come first,
+        // and when they leave the monitor too little CPU its queue fills and samples are
+        // dropped and counted, rather than requests slowed.
+        if let Err(err) =
+            thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+        {
+            tracing::debug!(%err, "cannot lower the monitor thread's priority");
+        }
         self.replay();
         let mut last_flush = Instant::now();
         loop {
