@@ -127,6 +127,29 @@ impl NumericReference {
     /// `current` (sorted, finite), as scipy computes them on the raw data: one merge walk over
     /// both, without materialising the merge.
     pub fn distances(&self, current: &[f64]) -> (f64, f64, f64) {
+        self.walk::<true, true, true>(current)
+    }
+
+    /// The two-sample KS statistic alone (see [`NumericReference::distances`]).
+    pub fn ks_statistic(&self, current: &[f64]) -> f64 {
+        self.walk::<true, false, false>(current).0
+    }
+
+    /// The Wasserstein-1 distance alone.
+    pub fn wasserstein(&self, current: &[f64]) -> f64 {
+        self.walk::<false, true, false>(current).1
+    }
+
+    /// ∫ (F - G)² alone (energy distance = √(2 ×) this).
+    pub fn squared_cdf_distance(&self, current: &[f64]) -> f64 {
+        self.walk::<false, false, true>(current).2
+    }
+
+    /// The merge walk, computing only the quantities asked for.
+    fn walk<const KS: bool, const W1: bool, const W2: bool>(
+        &self,
+        current: &[f64],
+    ) -> (f64, f64, f64) {
         let (points, cumulative) = (&self.points[..], &self.cumulative[..]);
         let (nr, nc) = (points.len(), current.len());
         if nc == 0 || nr == 0 {
@@ -146,10 +169,16 @@ impl NumericReference {
                 current[j]
             };
             // The CDFs of the last value hold on [previous, x).
-            let gap = (fr - fc).abs();
-            let dx = x - previous;
-            w1 += gap * dx;
-            w2 += gap * gap * dx;
+            if W1 || W2 {
+                let gap = (fr - fc).abs();
+                let dx = x - previous;
+                if W1 {
+                    w1 += gap * dx;
+                }
+                if W2 {
+                    w2 += gap * gap * dx;
+                }
+            }
             // Reference points are distinct: at most one sits at x.
             if i < nr && points[i] == x {
                 fr = cumulative[i] / total;
@@ -161,7 +190,9 @@ impl NumericReference {
                 }
                 fc = j as f64 / k;
             }
-            d = d.max((fr - fc).abs());
+            if KS {
+                d = d.max((fr - fc).abs());
+            }
             previous = x;
         }
         (d, w1, w2)

@@ -749,14 +749,15 @@ impl Monitor {
             let seed = window_index.wrapping_mul(1_000_003) ^ index as u64;
             reports.push(match &column.reference {
                 ColumnRef::Numeric(reference) => {
-                    let mut current: Vec<f64> = Vec::with_capacity(rows_tested);
-                    for pane in &self.closed {
-                        if let Values::Numeric(v) = &pane.values[index] {
-                            current.extend_from_slice(v);
-                        }
-                    }
-                    // Sorted runs, one per pane: the stable sort merges them in linear time.
-                    current.sort_by(f64::total_cmp);
+                    let runs: Vec<&[f64]> = self
+                        .closed
+                        .iter()
+                        .filter_map(|pane| match &pane.values[index] {
+                            Values::Numeric(v) => Some(&v[..]),
+                            Values::Categorical(_) => None,
+                        })
+                        .collect();
+                    let current = merge_sorted(&runs);
                     let data = ColumnData::Numeric {
                         reference,
                         current: &current,
@@ -829,6 +830,28 @@ impl Monitor {
             columns: reports,
         })
     }
+}
+
+/// One ascending vector from ascending runs (each pane sorted when it closed).
+fn merge_sorted(runs: &[&[f64]]) -> Vec<f64> {
+    let mut merged: Vec<f64> = runs.first().map_or_else(Vec::new, |r| r.to_vec());
+    for run in runs.iter().skip(1) {
+        let mut out = Vec::with_capacity(merged.len() + run.len());
+        let (mut i, mut j) = (0, 0);
+        while i < merged.len() && j < run.len() {
+            if merged[i] <= run[j] {
+                out.push(merged[i]);
+                i += 1;
+            } else {
+                out.push(run[j]);
+                j += 1;
+            }
+        }
+        out.extend_from_slice(&merged[i..]);
+        out.extend_from_slice(&run[j..]);
+        merged = out;
+    }
+    merged
 }
 
 /// What a row leaves in a pane: every column keeps a value per kept row (NaN or
@@ -1151,6 +1174,11 @@ fn read_cell<'a>(
 
 /// Element `index` of a fixed-size tensor as f64.
 pub fn read_number(tensor: &Tensor, index: usize) -> Option<f64> {
+    if tensor.datatype == DataType::Fp32 {
+        // The common case, without the general path's copy.
+        let b = tensor.data.get(index * 4..index * 4 + 4)?;
+        return Some(f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    }
     let size = tensor.datatype.element_size()?;
     let bytes = tensor.data.get(index * size..(index + 1) * size)?;
     let mut raw = [0u8; 8];

@@ -31,10 +31,13 @@ pub const MAX_CATEGORIES: usize = 100;
 /// Most categories listed per categorical column of a reference profile: a live value outside
 /// the list counts as an unseen category, so a reference keeps more.
 pub const MAX_REFERENCE_CATEGORIES: usize = 10_000;
-/// Most distinct values a reference keeps exactly (see [`Distribution`]).
-pub const MAX_EXACT_VALUES: usize = 2_000;
-/// Points of the quantile sketch of a reference column with more distinct values.
-pub const SKETCH_POINTS: usize = 1_001;
+/// Most distinct values a reference keeps exactly (see [`Distribution`]): every reference of up
+/// to 1,000 rows, where Evidently's default test (KS) works on the raw data.
+pub const MAX_EXACT_VALUES: usize = 1_000;
+/// Points of the quantile sketch of a reference column with more distinct values: every test
+/// walks them once per window, and 400 intervals (a quarter of a percent of the data each) are
+/// far finer than a window of a few hundred rows can tell apart.
+pub const SKETCH_POINTS: usize = 401;
 const MAX_BINS: usize = 64;
 
 /// The statistics of one dataset.
@@ -364,7 +367,7 @@ mod tests {
         assert_eq!(quantiles.len(), SKETCH_POINTS);
         assert_eq!((quantiles[0], quantiles[SKETCH_POINTS - 1]), (0.0, 999.9));
         // numpy: np.quantile(np.arange(10000) / 10, 0.5) == 499.95
-        assert!((quantiles[500] - 499.95).abs() < 1e-9);
+        assert!((quantiles[SKETCH_POINTS / 2] - 499.95).abs() < 1e-9);
         // A reference profile reads back as it was written (to the last bit of JSON parsing).
         let json = serde_json::to_string(&s).expect("json");
         let back: NumericStats = serde_json::from_str(&json).expect("parse");

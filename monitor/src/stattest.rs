@@ -6,7 +6,8 @@
 //! distance, see [`ScoreKind`]), the threshold and the verdict. The formulas, the binning and
 //! the zero handling follow Evidently and scipy exactly, so the same reference and current data
 //! give the same scores and decisions; with an exact reference distribution (up to
-//! [`crate::profile::MAX_EXACT_VALUES`] distinct values) the inputs are the raw data too.
+//! [`crate::profile::MAX_EXACT_VALUES`] distinct values, which covers every reference of up to
+//! 1,000 rows, where KS is the default) the inputs are the raw data too.
 //! Known differences, all measured in the Python comparison suite:
 //! - `TVD` is a permutation test: Nereid draws its own 1,000 permutations (seeded per window),
 //!   so its p-value differs from Evidently's by Monte Carlo error only.
@@ -313,17 +314,11 @@ pub fn union_distinct(data: &ColumnData<'_>) -> usize {
 fn numeric_score(method: Method, reference: &NumericReference, current: &[f64], seed: u64) -> f64 {
     match method {
         Method::Ks => {
-            let (d, _, _) = reference.distances(current);
+            let d = reference.ks_statistic(current);
             ks_two_sample_pvalue(d, reference.rows, current.len() as u64).0
         }
-        Method::Wasserstein => {
-            let (_, w1, _) = reference.distances(current);
-            w1 / reference.std.max(0.001)
-        }
-        Method::Energy => {
-            let (_, _, w2) = reference.distances(current);
-            std::f64::consts::SQRT_2 * w2.sqrt()
-        }
+        Method::Wasserstein => reference.wasserstein(current) / reference.std.max(0.001),
+        Method::Energy => std::f64::consts::SQRT_2 * reference.squared_cdf_distance(current).sqrt(),
         _ => numeric_score_merged(
             method,
             reference,

@@ -4,7 +4,7 @@
 //! `monitor/ci/evidently-venv.sh` installs) computes Evidently's score, verdict and default
 //! test for each column case, and runs Evidently's `DataDriftPreset` on the dataset case; this
 //! test computes Nereid's and compares:
-//! - references kept exactly (at most 2,000 distinct values): every score to 1e-6 relative,
+//! - references kept exactly (at most 1,000 distinct values): every score to 1e-6 relative,
 //!   every verdict and every default choice identical; TVD, a permutation test, within Monte
 //!   Carlo error;
 //! - references kept as a quantile sketch or (format 1) a histogram only: the scores' error
@@ -252,7 +252,7 @@ fn numeric_reference(values: &[f64], kept: Kept) -> NumericReference {
                 stats.distribution,
                 Some(nereid_monitor::profile::Distribution::Exact { .. })
             ),
-            "an exact case has at most 2,000 distinct values"
+            "an exact case has at most 1,000 distinct values"
         ),
         Kept::Sketch => assert!(matches!(
             stats.distribution,
