@@ -119,6 +119,12 @@ impl Recorder {
         }
     }
 
+    /// Requests completed (either way) since the current window started.
+    pub fn completed_in_window(&self) -> u64 {
+        let guard = self.lock();
+        guard.0.succeeded + guard.0.failed()
+    }
+
     /// Ends the current window and starts a new one; returns it with its duration.
     pub fn take(&self) -> (Window, Duration) {
         let now = Instant::now();

@@ -56,6 +56,10 @@ pub struct StepReport {
     pub error_examples: BTreeMap<String, String>,
     /// The server's statistics over the reported windows.
     pub server: Option<ServerSide>,
+    /// Requests that completed while the statistics samples at the two ends of the reported
+    /// windows were in flight. The server's request count differs from `succeeded + failed` by at
+    /// most this plus the requests in flight.
+    pub stats_edge_requests: u64,
     /// Server CPU time (utime + stime) per inference the server counted, in microseconds.
     pub server_cpu_us_per_inference: Option<f64>,
     /// Server CPU seconds per wall-clock second (1.0 = one core busy).

@@ -43,6 +43,10 @@ struct Measured {
     duration: Duration,
     server: Option<Counters>,
     cpu: Option<Duration>,
+    /// Requests that completed while the statistics sample opening (closing) this window was in
+    /// flight: the client counts them in this window (the next one), the server in either.
+    opening_edge: u64,
+    closing_edge: u64,
 }
 
 impl Measured {
@@ -226,6 +230,7 @@ async fn measure(
     let (warm, _) = recorder.take();
     totals.merge(&warm);
     let mut before = ctx.sample().await;
+    let mut opening_edge = recorder.completed_in_window();
     let mut windows: Vec<Measured> = Vec::new();
     let mut stable = false;
     let mut completed = true;
@@ -240,6 +245,7 @@ async fn measure(
         let (window, duration) = recorder.take();
         totals.merge(&window);
         let after = ctx.sample().await;
+        let closing_edge = recorder.completed_in_window();
         windows.push(Measured {
             window,
             duration,
@@ -251,8 +257,11 @@ async fn measure(
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
             },
+            opening_edge,
+            closing_edge,
         });
         before = after;
+        opening_edge = closing_edge;
         if windows.len() >= config.stable_windows
             && is_stable(
                 &windows[windows.len() - config.stable_windows..],
@@ -320,6 +329,9 @@ fn summarise(
             0.0
         }
     };
+    // Interior edges cancel: adjacent windows share them on both sides.
+    let stats_edge_requests =
+        used.first().map_or(0, |w| w.opening_edge) + used.last().map_or(0, |w| w.closing_edge);
     StepReport {
         concurrency,
         rate,
@@ -336,6 +348,7 @@ fn summarise(
         errors: merged.errors.clone(),
         error_examples: totals.error_examples.clone(),
         server,
+        stats_edge_requests,
         server_cpu_us_per_inference: cpu
             .filter(|_| inferences > 0)
             .map(|c| c.as_secs_f64() * 1e6 / inferences as f64),
@@ -501,6 +514,8 @@ mod tests {
             duration: Duration::from_secs(1),
             server: None,
             cpu: None,
+            opening_edge: 0,
+            closing_edge: 0,
         }
     }
 
