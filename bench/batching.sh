@@ -36,15 +36,8 @@ done
 sed -i '/^dynamic_batching/d' "$repo/unbatched/config.pbtxt"
 grep -q dynamic_batching "$repo/batched/config.pbtxt"
 
-NEREID_LOG=warn taskset -c "$SERVER_CORE" "$BIN/nereid" serve --model-repository "$repo" \
-    --host 127.0.0.1 --http-port 0 --grpc-port 0 --metrics-port 0 \
-    --port-file "$WORK/nereid.ports" > "$WORK/nereid.log" 2>&1 &
-NEREID_PID=$!
-STARTED_PIDS+=("$NEREID_PID")
-wait_for_file "$WORK/nereid.ports"
-HTTP="127.0.0.1:$(port_of "$WORK/nereid.ports" http)"
-GRPC="127.0.0.1:$(port_of "$WORK/nereid.ports" grpc)"
-wait_for_url "http://$HTTP/v2/models/batched/ready"
+serve_repository "$repo" /v2/models/batched/ready
+HTTP="$NEREID_HTTP" GRPC="$NEREID_GRPC"
 
 sweep() {
     local model="$1" protocol="$2" format="$3" round="$4" url

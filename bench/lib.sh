@@ -80,21 +80,32 @@ wait_for_url() {
 
 port_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
-# Starts Nereid on a copy of model-repo/identity_fp32; sets NEREID_PID, NEREID_HTTP, NEREID_GRPC.
-start_nereid() {
-    local repo="$WORK/nereid-repo"
-    mkdir -p "$repo"
-    cp -r "$ROOT/model-repo/identity_fp32" "$repo/"
-    NEREID_LOG=warn taskset -c "$SERVER_CORE" "$BIN/nereid" serve \
+# serve_repository REPO READY_PATH [serve flags...]: starts Nereid on REPO, pinned to the server
+# core (or under the command in NEREID_WRAPPER, e.g. valgrind), and waits for READY_PATH to answer
+# (READY_WAIT_S seconds, default 60). Sets NEREID_PID, NEREID_HTTP, NEREID_GRPC, NEREID_METRICS.
+serve_repository() {
+    local repo="$1" ready="$2" launcher=(taskset -c "$SERVER_CORE")
+    shift 2
+    if [ -n "${NEREID_WRAPPER:-}" ]; then read -ra launcher <<< "$NEREID_WRAPPER"; fi
+    NEREID_LOG=warn "${launcher[@]}" "$BIN/nereid" serve \
         --model-repository "$repo" --host 127.0.0.1 \
         --http-port 0 --grpc-port 0 --metrics-port 0 \
-        --port-file "$WORK/nereid.ports" > "$WORK/nereid.log" 2>&1 &
+        --port-file "$WORK/nereid.ports" "$@" > "$WORK/nereid.log" 2>&1 &
     NEREID_PID=$!
     STARTED_PIDS+=("$NEREID_PID")
     wait_for_file "$WORK/nereid.ports"
     NEREID_HTTP="127.0.0.1:$(port_of "$WORK/nereid.ports" http)"
     NEREID_GRPC="127.0.0.1:$(port_of "$WORK/nereid.ports" grpc)"
-    wait_for_url "http://$NEREID_HTTP/v2/models/identity_fp32/ready"
+    NEREID_METRICS="127.0.0.1:$(port_of "$WORK/nereid.ports" metrics)"
+    wait_for_url "http://$NEREID_HTTP$ready" "${READY_WAIT_S:-60}"
+}
+
+# Starts Nereid on a copy of model-repo/identity_fp32 (see serve_repository).
+start_nereid() {
+    local repo="$WORK/nereid-repo"
+    mkdir -p "$repo"
+    cp -r "$ROOT/model-repo/identity_fp32" "$repo/"
+    serve_repository "$repo" /v2/models/identity_fp32/ready
 }
 
 # Starts the canned-response echo server; sets ECHO_PID, ECHO_HTTP, ECHO_GRPC.

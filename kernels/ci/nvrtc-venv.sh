@@ -7,6 +7,7 @@
 # Exit status: 0 ok; 3 python3, its venv module or pip is missing (the test then skips);
 # anything else is a real failure (for example no network), which fails the test.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../testkit/python-venv.sh"
 
 # The NVRTC of CUDA 13.0, the version of the GPU machines' driver (580) and PyTorch (cu130).
 WHEEL="nvidia-cuda-nvrtc==13.0.88"
@@ -30,21 +31,7 @@ if [ -f "$marker" ] && dir=$(find_lib_dir); then
     exit 0
 fi
 
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "python3 not found" >&2
-    exit 3
-fi
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "python3 has no venv/ensurepip module (install python3-venv)" >&2
-    exit 3
-fi
-
-rm -rf "$venv"
-python3 -m venv "$venv" >&2 || { echo "python3 -m venv failed" >&2; exit 3; }
-if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-    echo "pip is not available in the virtualenv" >&2
-    exit 3
-fi
+make_venv "$venv" "" "the NVRTC wheel"
 "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --quiet "$WHEEL" >&2
 touch "$marker"
 if ! dir=$(find_lib_dir); then

@@ -18,6 +18,7 @@
 # modules never imported); a warm-up run compiles the modules that are imported instead. The first
 # install takes about half a minute and leaves about 530 MB. No pip cache is written.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../testkit/python-venv.sh"
 
 PACKAGE="evidently==0.7.23"
 DEPS=(
@@ -53,24 +54,7 @@ if [ -f "$marker" ] && [ -x "$venv/bin/python" ]; then
     echo "$venv/bin/python"
     exit 0
 fi
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "python3 not found" >&2
-    exit 3
-fi
-if ! python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1; then
-    echo "$(python3 --version 2>&1) is older than 3.11, which the pinned numpy and scipy need" >&2
-    exit 3
-fi
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "python3 has no venv/ensurepip module (install python3-venv)" >&2
-    exit 3
-fi
-rm -rf "$venv"
-python3 -m venv "$venv" >&2 || { echo "python3 -m venv failed" >&2; exit 3; }
-if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-    echo "pip is not available in the virtualenv" >&2
-    exit 3
-fi
+make_venv "$venv" "3.11" "the pinned numpy and scipy"
 echo "installing $PACKAGE and ${#DEPS[@]} pinned dependencies into $venv" >&2
 if ! "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir \
     --quiet --no-deps --no-compile "$PACKAGE" "${DEPS[@]}" >&2; then

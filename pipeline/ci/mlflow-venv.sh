@@ -9,6 +9,7 @@
 # of mlflow-skinny, not the full `mlflow` package (850 MB with scikit-learn, scipy, pyarrow and
 # matplotlib, none of which the server needs). No pip cache is written.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../testkit/python-venv.sh"
 
 # Pinned: the REST API used (api/2.0/mlflow) is stable, but the server's dependencies are many.
 PACKAGE="mlflow-skinny==3.17.2"
@@ -30,24 +31,7 @@ if [ -f "$marker" ] && [ -x "$venv/bin/mlflow" ]; then
     echo "$venv/bin/mlflow"
     exit 0
 fi
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "python3 not found" >&2
-    exit 3
-fi
-if ! python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1; then
-    echo "$(python3 --version 2>&1) is older than 3.11, which the pinned MLflow server needs" >&2
-    exit 3
-fi
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "python3 has no venv/ensurepip module (install python3-venv)" >&2
-    exit 3
-fi
-rm -rf "$venv"
-python3 -m venv "$venv" >&2 || { echo "python3 -m venv failed" >&2; exit 3; }
-if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-    echo "pip is not available in the virtualenv" >&2
-    exit 3
-fi
+make_venv "$venv" "3.11" "the pinned MLflow server"
 "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir --quiet \
     "$PACKAGE" "${SERVER_DEPS[@]}" >&2
 touch "$marker"

@@ -157,6 +157,14 @@ pub struct JoinArgs {
 }
 
 /// `nereid train`: train a classifier or regressor from a dataset version and record the run.
+/// `--task`: a [`Task`] by name, the names listed in `--help`.
+pub(crate) fn task_parser() -> impl clap::builder::TypedValueParser<Value = Task> {
+    clap::builder::TypedValueParser::try_map(
+        clap::builder::PossibleValuesParser::new(["classification", "regression"]),
+        |s| s.parse::<Task>(),
+    )
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Dataset version to train on (any reference).
@@ -166,10 +174,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         default_value_t = Task::Classification,
-        value_parser = clap::builder::TypedValueParser::try_map(
-            clap::builder::PossibleValuesParser::new(["classification", "regression"]),
-            |s| s.parse::<Task>()
-        )
+        value_parser = task_parser()
     )]
     pub task: Task,
     /// Feature columns, in model input order.

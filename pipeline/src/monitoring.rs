@@ -70,10 +70,7 @@ pub struct ReferenceArgs {
     #[arg(
         long,
         default_value_t = Task::Classification,
-        value_parser = clap::builder::TypedValueParser::try_map(
-            clap::builder::PossibleValuesParser::new(["classification", "regression"]),
-            |s| s.parse::<Task>()
-        )
+        value_parser = crate::cli::task_parser()
     )]
     pub task: Task,
 }

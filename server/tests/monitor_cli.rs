@@ -125,70 +125,44 @@ async fn monitor_commands_report_export_and_write_references() {
         logs.path().display().to_string(),
         store_arg.display().to_string(),
     );
-    let (ok, out, err) = nereid(&[
-        "monitor",
-        "export",
-        "--model",
-        "iris_classifier",
-        "--since",
-        "1h",
-        "--log-dir",
-        &logs_s,
-        "--repository",
-        &repo_s,
-        "--store",
-        &store_s,
-    ]);
+    // `nereid monitor export|reference` on this log, repository and store, with `args` added.
+    let export = |args: &[&str]| {
+        let mut all = vec!["monitor", "export", "--log-dir", &logs_s];
+        all.extend_from_slice(&["--repository", &repo_s, "--store", &store_s]);
+        all.extend_from_slice(args);
+        nereid(&all)
+    };
+    let reference = |args: &[&str]| {
+        let mut all = vec![
+            "monitor",
+            "reference",
+            "--repository",
+            &repo_s,
+            "--store",
+            &store_s,
+        ];
+        all.extend_from_slice(args);
+        nereid(&all)
+    };
+    let (ok, out, err) = export(&["--model", "iris_classifier", "--since", "1h"]);
     assert!(ok, "{err}");
     assert!(
         out.starts_with("stored iris_classifier-predictions@1"),
         "{out}"
     );
     assert!(out.contains("(1000 rows, 40 labelled)"), "{out}");
-    let (ok, out, err) = nereid(&[
-        "monitor",
-        "export",
+    let (ok, out, err) = export(&[
         "--model",
         "iris_classifier",
         "--labelled-only",
         "--name",
         "labelled",
-        "--log-dir",
-        &logs_s,
-        "--repository",
-        &repo_s,
-        "--store",
-        &store_s,
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("(40 rows, 40 labelled)"), "{out}");
-    let (ok, _, err) = nereid(&[
-        "monitor",
-        "export",
-        "--model",
-        "iris_classifier",
-        "--since",
-        "yesterday-ish",
-        "--log-dir",
-        &logs_s,
-        "--repository",
-        &repo_s,
-        "--store",
-        &store_s,
-    ]);
+    let (ok, _, err) = export(&["--model", "iris_classifier", "--since", "yesterday-ish"]);
     assert!(!ok && err.contains("neither an RFC 3339 time"), "{err}");
-    let (ok, _, err) = nereid(&[
-        "monitor",
-        "export",
-        "--model",
-        "identity_fp32",
-        "--log-dir",
-        &logs_s,
-        "--repository",
-        &repo_s,
-        "--store",
-        &store_s,
-    ]);
+    let (ok, _, err) = export(&["--model", "identity_fp32"]);
     assert!(
         !ok && err.contains("no prediction log for model 'identity_fp32'"),
         "{err}"
@@ -196,35 +170,23 @@ async fn monitor_commands_report_export_and_write_references() {
 
     // A reference for identity_fp32 from that dataset's first columns? It has 16 elements per
     // row; the export has 4 features, so the mapping is refused with the reason.
-    let (ok, _, err) = nereid(&[
-        "monitor",
-        "reference",
+    let (ok, _, err) = reference(&[
         "--dataset",
         "iris_classifier-predictions",
         "--model",
         "identity_fp32",
         "--version",
         "1",
-        "--repository",
-        &repo_s,
-        "--store",
-        &store_s,
     ]);
     assert!(!ok && err.contains("16 elements per row"), "{err}");
     // And for the classifier itself, from the production data, with the label.
-    let (ok, out, err) = nereid(&[
-        "monitor",
-        "reference",
+    let (ok, out, err) = reference(&[
         "--dataset",
         "labelled@1",
         "--model",
         "iris_classifier",
         "--version",
         "1",
-        "--repository",
-        &repo_s,
-        "--store",
-        &store_s,
         "--features",
         "sepal_length,sepal_width,petal_length,petal_width",
         "--label",
