@@ -5,7 +5,7 @@
 //! progress of long work goes to stderr. Failures come back as `anyhow` errors with the context a
 //! user needs; a failed verification or pipeline run is an error too, so the exit status tells.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
@@ -45,6 +45,20 @@ pub enum FeaturesCommand {
     Verify(VerifyArgs),
     /// Build a training set by a point-in-time-correct join and store it as a dataset version.
     Join(JoinArgs),
+    /// Write a dataset version to a CSV or Parquet file (by the output's extension), e.g. to
+    /// read it with pandas.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// `NAME` (latest), `NAME@SEQ`, `NAME@ID-PREFIX` or an id prefix.
+    pub version: String,
+    /// The file to write: `.csv` or `.parquet` (replaced atomically if it exists).
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub common: StoreArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -318,6 +332,23 @@ pub fn run_features(cmd: FeaturesCommand) -> anyhow::Result<()> {
         }
         FeaturesCommand::Verify(a) => verify(a),
         FeaturesCommand::Join(a) => join(a),
+        FeaturesCommand::Export(a) => {
+            let store = open_store(&a.common)?;
+            let v = store.resolve(&a.version)?;
+            let rows = export_version(&store, &v, &a.output)?;
+            if a.common.json {
+                return print_json(&serde_json::json!({
+                    "version": v.id, "name": v.name, "output": a.output, "rows": rows,
+                }));
+            }
+            println!(
+                "wrote {} {} ({rows} rows) to {}",
+                v.name,
+                v.short_id(),
+                a.output.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -895,4 +926,75 @@ pub fn print_run(run: &PipelineRun, details: bool) {
         }
     }
     println!("\n  {}", run.outcome);
+}
+
+/// Writes a dataset version to `output` as CSV or Parquet (by extension); returns the rows.
+pub fn export_version(
+    store: &FeatureStore,
+    version: &DatasetVersion,
+    output: &Path,
+) -> anyhow::Result<usize> {
+    let batch = store.read(version)?;
+    let extension = output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let bytes = match extension.as_deref() {
+        Some("parquet") => crate::store::encode_parquet(&batch)?,
+        Some("csv") => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(Vec::new());
+            writer.write(&batch)?;
+            writer.into_inner()
+        }
+        _ => bail!(
+            "cannot tell the format of {}: name it .csv or .parquet",
+            output.display()
+        ),
+    };
+    crate::util::write_atomic(output, &bytes)
+        .with_context(|| format!("writing {}", output.display()))?;
+    Ok(batch.num_rows())
+}
+
+#[cfg(test)]
+mod export_tests {
+    use super::*;
+
+    #[test]
+    fn a_version_exports_as_csv_and_parquet_with_every_row() {
+        let dir = tempfile::tempdir().expect("dir");
+        let source = dir.path().join("d.csv");
+        std::fs::write(&source, "a,b,c\n1,x,0.5\n2,y,\n3,,1.25\n").expect("csv");
+        let store = FeatureStore::open_or_create(dir.path().join("store")).expect("store");
+        store
+            .ingest(&source, &IngestOptions::new("d"))
+            .expect("ingest");
+        let v = store.resolve("d").expect("version");
+
+        let csv = dir.path().join("out.csv");
+        assert_eq!(export_version(&store, &v, &csv).expect("csv"), 3);
+        assert_eq!(
+            std::fs::read_to_string(&csv).expect("read"),
+            "a,b,c\n1,x,0.5\n2,y,\n3,,1.25\n"
+        );
+
+        let parquet = dir.path().join("out.parquet");
+        assert_eq!(export_version(&store, &v, &parquet).expect("parquet"), 3);
+        let file = std::fs::File::open(&parquet).expect("open");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        let batches: Vec<_> = reader.map(|b| b.expect("batch")).collect();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        assert_eq!(batches[0], store.read(&v).expect("read"));
+
+        let err = export_version(&store, &v, &dir.path().join("out.xlsx")).expect_err("format");
+        assert!(
+            err.to_string().contains("name it .csv or .parquet"),
+            "{err}"
+        );
+    }
 }

@@ -42,6 +42,9 @@ pub enum GateError {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("{0}")]
+    Config(String),
+
     #[error(transparent)]
     Training(#[from] TrainingError),
 
@@ -504,9 +507,17 @@ pub struct PublishConfig {
     pub output_name: Option<String>,
     #[serde(default = "default_max_batch")]
     pub max_batch_size: u32,
-    /// Server to ask to load the new version (`POST {url}/v2/repository/models/{m}/load`).
+    /// Server to tell about the new version: `POST {url}/v2/repository/models/{m}/load` on a
+    /// server in explicit mode; a server that polls its repository (which refuses the load API)
+    /// is waited on until the version is ready instead.
     #[serde(default)]
     pub server_url: Option<String>,
+    /// For a server whose repository API is restricted (`--http-restricted-api`): the header
+    /// it expects, and the environment variable that holds the header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_header_env: Option<String>,
 }
 
 /// Default input tensor name of a published model (also the pipeline's `publish` step's).
@@ -526,6 +537,8 @@ impl PublishConfig {
             output_name: None,
             max_batch_size: default_max_batch(),
             server_url: None,
+            server_header: None,
+            server_header_env: None,
         }
     }
 }
@@ -620,6 +633,77 @@ pub fn config_pbtxt(info: &ModelInfo, config: &PublishConfig, comment: &str) -> 
     text
 }
 
+/// The config a new version is published with: the generated one, set into the serving
+/// configuration the repository already has for the model. What describes the model itself
+/// (name, backend, inputs, outputs, `max_batch_size`, its architecture parameters) comes from the
+/// candidate; how it is served (instance groups and their placement, dynamic batching, warm-up,
+/// version policy, monitor and other parameters) stays as the operator set it. A model the
+/// repository does not have yet gets the generated config as it is.
+pub fn keep_serving_config(
+    repo: &Path,
+    model: &str,
+    generated: &str,
+    comment: &str,
+) -> Result<String> {
+    let header: String = comment.lines().map(|l| format!("# {l}\n")).collect();
+    let path = repo.join(model).join(crate::publish::CONFIG_FILE);
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(format!("{header}{generated}"))
+        }
+        Err(source) => return Err(GateError::Io { path, source }),
+    };
+    let origin = path.display().to_string();
+    let refuse = |e: nereid_protocol::Error| {
+        GateError::Config(format!(
+        "cannot keep the serving configuration of {origin} for the new version: {e}; fix or remove the file"
+    ))
+    };
+    let mut merged = nereid_protocol::config::parse_pbtxt(&existing, &origin).map_err(refuse)?;
+    let generated =
+        nereid_protocol::config::parse_pbtxt(generated, "the generated config").map_err(refuse)?;
+    merged.name = generated.name;
+    merged.backend = generated.backend;
+    merged.platform = generated.platform;
+    merged.max_batch_size = generated.max_batch_size;
+    merged.input = generated.input;
+    merged.output = generated.output;
+    // Architecture parameters are the candidate's; stale ones (a layer the new model does not
+    // have) go. Every other parameter (nereid.monitor.*, user keys) stays.
+    merged.parameters.retain(|key, _| {
+        !crate::model::is_architecture_parameter(key) || generated.parameters.contains_key(key)
+    });
+    merged.parameters.extend(generated.parameters);
+    if merged.instance_group.is_empty() {
+        merged.instance_group = generated.instance_group;
+    }
+    // Parameters in key order, one per line, so that the file is the same on every publish.
+    let mut parameters: Vec<(String, String)> = std::mem::take(&mut merged.parameters)
+        .into_iter()
+        .map(|(k, v)| (k, v.string_value))
+        .collect();
+    parameters.sort();
+    let mut text = format!("{header}{}", nereid_protocol::config::to_pbtxt(&merged));
+    for (key, value) in parameters {
+        text.push_str(&format!(
+            "parameters {{ key: {} value: {{ string_value: {} }} }}\n",
+            pbtxt_string(&key),
+            pbtxt_string(&value)
+        ));
+    }
+    Ok(text)
+}
+
+/// A protobuf text-format string literal.
+fn pbtxt_string(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}
+
 /// Publishes the candidate as the next version of `config.model` (or finds it already there),
 /// then asks the server to load it when `config.server_url` is set.
 #[allow(clippy::too_many_arguments)]
@@ -696,7 +780,12 @@ pub fn publish(
                         "Published by the nereid pipeline: training run {}, dataset version {}.",
                         info.run_id, info.dataset_version
                     );
-                    let pbtxt = config_pbtxt(&info, config, &comment);
+                    let pbtxt = keep_serving_config(
+                        repo,
+                        &config.model,
+                        &config_pbtxt(&info, config, ""),
+                        &comment,
+                    )?;
                     Ok(publish_next_version(
                         repo,
                         &config.model,
@@ -719,11 +808,27 @@ pub fn publish(
         server_loaded: false,
     };
     if let Some(url) = &config.server_url {
-        request_load(url, &config.model).map_err(|message| GateError::ServerLoad {
-            model: config.model.clone(),
-            version,
-            url: url.clone(),
-            message,
+        let header = match (&config.server_header, &config.server_header_env) {
+            (Some(name), Some(env)) => Some((
+                name.clone(),
+                std::env::var(env).map_err(|_| {
+                    GateError::Invalid(format!("server_header_env names {env}, which is not set"))
+                })?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(GateError::Invalid(
+                    "server_header and server_header_env go together".into(),
+                ))
+            }
+        };
+        notify_server(url, &config.model, version, header.as_ref()).map_err(|message| {
+            GateError::ServerLoad {
+                model: config.model.clone(),
+                version,
+                url: url.clone(),
+                message,
+            }
         })?;
         published.server_loaded = true;
     }
@@ -745,27 +850,58 @@ fn tempfile_dir(repo: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `POST {url}/v2/repository/models/{model}/load` (Triton's explicit model-control API).
-pub fn request_load(url: &str, model: &str) -> std::result::Result<(), String> {
+/// How long a polling server may take to show a published version (it loads a version once
+/// two scans see it unchanged; Triton's and Nereid's default scan interval is 15 s).
+const POLL_READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Tells the server at `url` about `version` of `model`: the load API (Triton's explicit model
+/// control), or, when the server polls its repository and so refuses that API, waiting until
+/// `GET /v2/models/{model}/versions/{version}/ready` answers 200.
+pub fn notify_server(
+    url: &str,
+    model: &str,
+    version: u64,
+    header: Option<&(String, String)>,
+) -> std::result::Result<(), String> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
         .map_err(|e| e.to_string())?;
-    let endpoint = format!(
-        "{}/v2/repository/models/{model}/load",
-        url.trim_end_matches('/')
-    );
-    let response = client
-        .post(&endpoint)
+    let base = url.trim_end_matches('/');
+    let with_header = |request: reqwest::blocking::RequestBuilder| match header {
+        Some((name, value)) => request.header(name.as_str(), value.as_str()),
+        None => request,
+    };
+    let endpoint = format!("{base}/v2/repository/models/{model}/load");
+    let response = with_header(client.post(&endpoint))
         .header("content-type", "application/json")
         .body("{}")
         .send()
         .map_err(|e| format!("{endpoint}: {e}"))?;
     let status = response.status();
     if status.is_success() {
-        Ok(())
-    } else {
-        let body = response.text().unwrap_or_default();
-        Err(format!("{endpoint} answered {status}: {body}"))
+        return Ok(());
+    }
+    let body = response.text().unwrap_or_default();
+    if !body.contains("not allowed if polling is enabled") {
+        return Err(format!("{endpoint} answered {status}: {body}"));
+    }
+    let ready = format!("{base}/v2/models/{model}/versions/{version}/ready");
+    let deadline = std::time::Instant::now() + POLL_READY_TIMEOUT;
+    loop {
+        match with_header(client.get(&ready)).send() {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
+            Ok(r) => {
+                return Err(format!(
+                    "the server does not take load requests (it polls its repository or loads nothing at run time), and {ready} still answers {} after {} s",
+                    r.status(),
+                    POLL_READY_TIMEOUT.as_secs()
+                ))
+            }
+            Err(e) => return Err(format!("{ready}: {e}")),
+        }
     }
 }

@@ -29,6 +29,15 @@ pub const PARAM_ACTIVATION: &str = "nereid.activation";
 /// Config parameter that names the output activation of an `mlp`.
 pub const PARAM_OUTPUT_ACTIVATION: &str = "nereid.output_activation";
 
+/// Whether a `config.pbtxt` parameter describes the architecture (and so belongs to a version's
+/// weights, not to how the model is served).
+pub fn is_architecture_parameter(key: &str) -> bool {
+    matches!(
+        key,
+        PARAM_ARCHITECTURE | PARAM_ACTIVATION | PARAM_OUTPUT_ACTIVATION
+    )
+}
+
 /// Name of the input-mean tensor.
 pub const NORMALIZE_MEAN: &str = "normalize.mean";
 /// Name of the input-standard-deviation tensor.

@@ -113,13 +113,14 @@ pub fn write_model_version(
         write_file_atomically(&model_dir, LABELS_FILE, text.as_bytes())?;
     }
 
-    publish_staged(&model_dir, version, |staging| {
+    publish_staged(&model_dir, version, Numbering::Exactly, |staging| {
         let weights = staging.join(MODEL_FILE);
         model
             .save_safetensors(&weights)
             .map_err(|e| PublishError::Save(Box::new(e)))?;
         sync_path(&weights)
     })
+    .map(|(_, folder)| folder)
 }
 
 /// Publishes the files of `source` as the next version of `<repo>/<model_name>` (one more than
@@ -151,11 +152,9 @@ pub fn publish_directory(
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
         .max()
         .unwrap_or(0);
-    let version = latest + 1;
-    let folder = publish_staged(&model_dir, version, |staging| {
+    publish_staged(&model_dir, latest + 1, Numbering::NextFree, |staging| {
         copy_tree(source, staging, true)
-    })?;
-    Ok((version, folder))
+    })
 }
 
 /// Publishes the files of `source` as the next version of `<repo>/<model_name>`, first replacing
@@ -190,10 +189,9 @@ pub fn publish_next_version(
         .copied()
         .unwrap_or(0)
         + 1;
-    let folder = publish_staged(&model_dir, version, |staging| {
+    publish_staged(&model_dir, version, Numbering::NextFree, |staging| {
         copy_tree(source, staging, false)
-    })?;
-    Ok((version, folder))
+    })
 }
 
 /// The numeric version folders of `<repo>/<model_name>`, ascending (empty if the model is absent).
@@ -261,28 +259,41 @@ fn check_name(model_name: &str) -> Result<(), PublishError> {
     Ok(())
 }
 
-/// Writes a version under a hidden staging name with `fill`, then renames it into place.
+/// Whether a version number is the one asked for, or the first free one from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbering {
+    Exactly,
+    /// Another publisher may take a number between our listing and our rename: then the next
+    /// one is tried, so two racing publishers never share a version.
+    NextFree,
+}
+
+/// Writes a version under a hidden staging name with `fill`, then renames it into place;
+/// returns the version it got and its folder.
 fn publish_staged(
     model_dir: &Path,
     version: u64,
+    numbering: Numbering,
     fill: impl FnOnce(&Path) -> Result<(), PublishError>,
-) -> Result<PathBuf, PublishError> {
-    let version_dir = model_dir.join(version.to_string());
-    let staging = model_dir.join(format!(".staging-{version}-{}", std::process::id()));
-    let result = stage_and_rename(&staging, &version_dir, model_dir, fill);
+) -> Result<(u64, PathBuf), PublishError> {
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = model_dir.join(format!(".staging-{}-{unique}", std::process::id()));
+    let result = stage_and_rename(&staging, version, numbering, model_dir, fill);
     if result.is_err() {
         // Best effort: a leftover staging folder is harmless (never loaded) but untidy.
         let _ = fs::remove_dir_all(&staging);
     }
-    result.map(|()| version_dir)
+    result
 }
 
 fn stage_and_rename(
     staging: &Path,
-    version_dir: &Path,
+    mut version: u64,
+    numbering: Numbering,
     model_dir: &Path,
     fill: impl FnOnce(&Path) -> Result<(), PublishError>,
-) -> Result<(), PublishError> {
+) -> Result<(u64, PathBuf), PublishError> {
     // A folder with our name can only be left over by an earlier crashed run with the same pid.
     if staging.exists() {
         fs::remove_dir_all(staging).map_err(io_err(staging))?;
@@ -290,20 +301,32 @@ fn stage_and_rename(
     fs::create_dir(staging).map_err(io_err(staging))?;
     fill(staging)?;
     sync_path(staging)?;
-    // rename(2) would silently replace an empty directory, so check again right before it.
-    if version_dir.exists() {
-        return Err(PublishError::VersionExists {
-            path: version_dir.to_path_buf(),
-        });
+    loop {
+        let version_dir = model_dir.join(version.to_string());
+        // rename(2) would silently replace an empty directory, so check right before it; a
+        // non-empty one (another publisher's, renamed in since) makes it fail.
+        let taken = version_dir.exists()
+            || match fs::rename(staging, &version_dir) {
+                Ok(()) => {
+                    // Persist the rename itself.
+                    sync_path(model_dir)?;
+                    return Ok((version, version_dir));
+                }
+                Err(_) if version_dir.exists() => true,
+                Err(e) => return Err(io_err(&version_dir)(e)),
+            };
+        if taken && numbering == Numbering::Exactly {
+            return Err(PublishError::VersionExists { path: version_dir });
+        }
+        version += 1;
     }
-    fs::rename(staging, version_dir).map_err(io_err(version_dir))?;
-    // Persist the rename itself.
-    sync_path(model_dir)
 }
 
 /// Replaces `dir/name` with `contents` via a hidden temporary file and a rename.
 fn write_file_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<(), PublishError> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{unique}", std::process::id()));
     let target = dir.join(name);
     let result = (|| {
         let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -479,5 +502,51 @@ mod tests {
         // Without labels, no labels file.
         write_model_version(repo.path(), "m", "", &[], &model, 1).expect("no labels");
         assert!(!repo.path().join("m").join(LABELS_FILE).exists());
+    }
+
+    #[test]
+    fn racing_publishers_never_share_a_version() {
+        let repo = tempfile::tempdir().expect("repo");
+        let sources: Vec<tempfile::TempDir> = (0..8)
+            .map(|i| {
+                let dir = tempfile::tempdir().expect("source");
+                fs::write(dir.path().join(format!("from-{i}")), i.to_string()).expect("file");
+                dir
+            })
+            .collect();
+        let barrier = std::sync::Barrier::new(sources.len());
+        let versions: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = sources
+                .iter()
+                .map(|source| {
+                    let (repo, barrier) = (repo.path(), &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        publish_next_version(repo, "raced", "name: \"raced\"\n", &[], source.path())
+                            .expect("publish")
+                            .0
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let mut sorted = versions.clone();
+        sorted.sort();
+        assert_eq!(sorted, (1..=8).collect::<Vec<u64>>(), "{versions:?}");
+        for v in 1..=8u64 {
+            let files: Vec<_> = fs::read_dir(repo.path().join("raced").join(v.to_string()))
+                .expect("version")
+                .collect();
+            assert_eq!(files.len(), 1, "version {v} holds one publisher's files");
+        }
+        let hidden = fs::read_dir(repo.path().join("raced"))
+            .expect("model")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(hidden, 0);
     }
 }

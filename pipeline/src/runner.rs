@@ -260,6 +260,10 @@ struct PublishParams {
     max_batch_size: u32,
     #[serde(default)]
     server_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_header_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -945,6 +949,8 @@ impl Context<'_> {
                     output_name: p.output_name.clone(),
                     max_batch_size: p.max_batch_size,
                     server_url: p.server_url.clone(),
+                    server_header: p.server_header.clone(),
+                    server_header_env: p.server_header_env.clone(),
                 };
                 let published = gate::publish(
                     &self.store,

@@ -923,7 +923,7 @@ pub fn manifest_id(files: &[FileEntry]) -> String {
 
 /// Parquet bytes of `batch`, with fixed writer properties: the bytes (hence the id) depend only
 /// on the data and this build.
-fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
+pub(crate) fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(BATCH_ROWS))

@@ -250,6 +250,22 @@ fn the_gate_publishes_only_a_better_candidate_with_reference_and_lineage() {
     assert_eq!(run.status, PipelineStatus::Succeeded, "{run:#?}");
     assert_eq!(model_versions(&ws.path("repo"), "iris").expect("v"), [1]);
 
+    // The operator tunes how the model is served; publishing must keep it.
+    let config_path = ws.path("repo/iris/config.pbtxt");
+    let tuned = std::fs::read_to_string(&config_path)
+        .expect("config")
+        .replace(
+            "instance_group [ { count: 1 kind: KIND_CPU } ]",
+            "instance_group [ { count: 2 kind: KIND_CPU } ]",
+        )
+        .replace(
+            "dynamic_batching { }",
+            "dynamic_batching { max_queue_delay_microseconds: 500 }",
+        )
+        + "parameters { key: \"nereid.monitor.sample_rate\" value: { string_value: \"0.5\" } }\n"
+        + "version_policy { latest { num_versions: 1 } }\n";
+    std::fs::write(&config_path, &tuned).expect("tune");
+
     // 2. A strong candidate beats it on the same test rows: version 2.
     let file = ws.pipeline(
         "strong",
@@ -268,6 +284,31 @@ fn the_gate_publishes_only_a_better_candidate_with_reference_and_lineage() {
     };
     assert!(gate.passed, "{gate:?}");
     assert_eq!(gate.baseline_version, Some(1));
+    let text = std::fs::read_to_string(&config_path).expect("config");
+    let published = nereid_protocol::config::parse_pbtxt(&text, "published").expect("parses");
+    assert_eq!(published.instance_group.len(), 1);
+    assert_eq!(published.instance_group[0].count, 2, "{text}");
+    assert_eq!(
+        published
+            .dynamic_batching()
+            .map(|d| d.max_queue_delay_microseconds),
+        Some(500),
+        "{text}"
+    );
+    assert!(published.version_policy.is_some(), "{text}");
+    assert_eq!(
+        published.parameters["nereid.monitor.sample_rate"].string_value,
+        "0.5"
+    );
+    assert_eq!(
+        published.parameters["nereid.architecture"].string_value,
+        "mlp"
+    );
+    assert_eq!(published.input[0].dims, [4]);
+    assert!(
+        text.starts_with("# Published by the nereid pipeline"),
+        "{text}"
+    );
     assert!(gate.improvement.expect("improvement") > 0.0);
     let (weights, _) = model_output(&run);
 

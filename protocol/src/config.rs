@@ -8,6 +8,7 @@
 use std::sync::OnceLock;
 
 use prost::Message;
+use prost_reflect::text_format::FormatOptions;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions,
 };
@@ -126,6 +127,17 @@ fn describe_text_error(text: &str, err: &prost_reflect::text_format::ParseError)
     }
 }
 
+/// Renders `config` in the protobuf text format (`config.pbtxt`), one field per line; what
+/// [`parse_pbtxt`] reads back to the same message.
+pub fn to_pbtxt(config: &ModelConfig) -> String {
+    let message =
+        DynamicMessage::decode(model_config_descriptor(), config.encode_to_vec().as_slice())
+            .expect("a ModelConfig re-decodes against its own descriptor. This is a bug.");
+    let mut text = message.to_text_format_with_options(&FormatOptions::new().pretty(true));
+    text.push('\n');
+    text
+}
+
 /// Renders `config` in Triton's JSON form.
 pub fn to_json(config: &ModelConfig) -> String {
     message_to_json(config, "inference.ModelConfig")
@@ -170,6 +182,25 @@ pub fn from_json(json: &str) -> Result<ModelConfig> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn text_format_round_trips_the_checked_in_configs() {
+        for model in ["iris_classifier", "identity_fp32", "identity_bytes"] {
+            let path = format!(
+                "{}/../model-repo/{model}/config.pbtxt",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(&path).expect("config");
+            let config = parse_pbtxt(&text, &path).expect("parses");
+            let written = to_pbtxt(&config);
+            assert_eq!(
+                parse_pbtxt(&written, "written").expect("reparses"),
+                config,
+                "{written}"
+            );
+        }
+    }
+
     use super::*;
     use crate::inference::{model_version_policy, DataType as ConfigType};
 

@@ -716,3 +716,78 @@ async fn restricted_apis_need_their_header() {
     assert!(client.repository_index(request).await.is_ok());
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// A second version of `identity_fp32`: a copy of the first.
+fn add_version_2(repo: &Path) {
+    let from = repo.join("identity_fp32/1");
+    let to = repo.join("identity_fp32/2");
+    std::fs::create_dir_all(&to).expect("version folder");
+    for entry in std::fs::read_dir(&from).expect("version 1") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_tells_restricted_explicit_servers_and_waits_on_polling_ones() {
+    use nereid_pipeline::gate::notify_server;
+    let notify = |url: String, header: Option<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            notify_server(&url, "identity_fp32", 2, header.as_ref())
+        })
+    };
+
+    // Explicit mode with the repository API behind a header.
+    let repo = Repo::new().copy_model("identity_fp32");
+    let path = repo.path();
+    let mut cfg = config(&repo, ControlMode::Explicit);
+    cfg.load_models = vec!["*".into()];
+    cfg.http_restricted = vec!["model-repository:admin-key=secret".parse().unwrap()];
+    let server = TestServer::start_with(cfg, Some(repo)).await;
+    add_version_2(&path);
+    let err = notify(server.url(""), None)
+        .await
+        .expect("join")
+        .expect_err("no header");
+    assert!(err.contains("expecting header 'admin-key'"), "{err}");
+    notify(
+        server.url(""),
+        Some(("admin-key".to_string(), "secret".to_string())),
+    )
+    .await
+    .expect("join")
+    .expect("loaded with the header");
+    assert_eq!(
+        server
+            .get("/v2/models/identity_fp32/versions/2/ready")
+            .await
+            .status,
+        200
+    );
+    server.shutdown().await.expect("clean shutdown");
+
+    // Poll mode refuses the load API: the publisher waits until the version is ready instead.
+    let repo = Repo::new().copy_model("identity_fp32");
+    let path = repo.path();
+    let server = TestServer::start_with(config(&repo, ControlMode::Poll), Some(repo)).await;
+    assert_eq!(
+        server
+            .get("/v2/models/identity_fp32/versions/2/ready")
+            .await
+            .status,
+        400
+    );
+    add_version_2(&path);
+    notify(server.url(""), None)
+        .await
+        .expect("join")
+        .expect("ready once the poller loaded it");
+    assert_eq!(
+        server
+            .get("/v2/models/identity_fp32/versions/2/ready")
+            .await
+            .status,
+        200
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
