@@ -34,6 +34,9 @@
 //!   data); [`gate`] evaluates, gates and publishes; [`publish`] writes a version so that a
 //!   polling server never sees half of it. [`cli`] holds the `nereid features|train|pipeline`
 //!   commands.
+//! - [`triggers`] decides when to retrain (drift, schedule, new data, live metrics), runs the
+//!   action (a pipeline run in a child process, a webhook, an Airflow DAG run) and records every
+//!   firing; the server feeds it its monitors' reports.
 //!
 //! Everything here is synchronous; callers in async code run it on a blocking thread.
 
@@ -54,6 +57,7 @@ pub mod store;
 pub mod tracking;
 pub mod train;
 pub mod training;
+pub mod triggers;
 pub(crate) mod util;
 pub mod validate;
 

@@ -710,21 +710,7 @@ fn report(a: &ReportArgs) -> anyhow::Result<()> {
         None => format!("/v2/models/{}/drift", a.model),
     };
     let url = format!("{}{path}", a.url.trim_end_matches('/'));
-    let response = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?
-        .get(&url)
-        .send()
-        .with_context(|| format!("GET {url}"))?;
-    let status = response.status();
-    let body = response.text()?;
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        bail!("{url} answered {status}: {message}");
-    }
+    let body = crate::triggers::cli::server_call(reqwest::Method::GET, &url, &[])?;
     if a.json {
         println!("{body}");
         return Ok(());

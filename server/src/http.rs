@@ -84,6 +84,9 @@ enum Route {
     ModelDrift(String, String),
     ModelDriftPage(String, String),
     ModelFeedback(String, String),
+    Triggers,
+    Trigger(String),
+    TriggerFire(String),
     RepositoryIndex,
     RepositoryLoad(String),
     RepositoryUnload(String),
@@ -100,12 +103,15 @@ impl Route {
             Route::AllStats
             | Route::ModelStats(..)
             | Route::ModelDrift(..)
-            | Route::ModelDriftPage(..) => Api::Statistics,
+            | Route::ModelDriftPage(..)
+            | Route::Triggers
+            | Route::Trigger(_) => Api::Statistics,
             Route::ModelInfer(..) | Route::ModelFeedback(..) => Api::Inference,
             Route::RepositoryIndex
             | Route::RepositoryLoad(_)
             | Route::RepositoryUnload(_)
-            | Route::NamedRepository => Api::ModelRepository,
+            | Route::NamedRepository
+            | Route::TriggerFire(_) => Api::ModelRepository,
         }
     }
 }
@@ -148,6 +154,9 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
         ["v2", "health", "live"] => get(Route::Live),
         ["v2", "health", "ready"] => get(Route::Ready),
         ["v2", "models", "stats"] => get(Route::AllStats),
+        ["v2", "triggers"] => get(Route::Triggers),
+        ["v2", "triggers", id] if !id.is_empty() => get(Route::Trigger(decode(id))),
+        ["v2", "triggers", id, "fire"] if !id.is_empty() => post(Route::TriggerFire(decode(id))),
         ["v2", "repository", "index"] => post(Route::RepositoryIndex),
         ["v2", "repository", "models", m, "load"] => post(Route::RepositoryLoad(decode(m))),
         ["v2", "repository", "models", m, "unload"] => post(Route::RepositoryUnload(decode(m))),
@@ -285,6 +294,35 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             )
                 .into_response()
         }
+        Route::Triggers => json_response(StatusCode::OK, to_json(&infer.triggers()?.status())?),
+        Route::Trigger(id) => {
+            let status = infer.triggers()?.status();
+            let trigger = status
+                .triggers
+                .iter()
+                .find(|t| t.id == id)
+                .ok_or_else(|| Error::invalid_arg(format!("unknown trigger '{id}'")))?;
+            let firings: Vec<_> = status.firings.iter().filter(|f| f.trigger == id).collect();
+            json_response(
+                StatusCode::OK,
+                to_json(&serde_json::json!({"trigger": trigger, "firings": firings}))?,
+            )
+        }
+        Route::TriggerFire(id) => {
+            let triggers = infer.triggers()?.clone();
+            let firing = tokio::task::spawn_blocking(move || triggers.fire(&id))
+                .await
+                .map_err(|e| Error::internal(format!("firing panicked: {e}")))?
+                .map_err(|e| match e {
+                    nereid_pipeline::triggers::FireError::Unknown(_) => {
+                        Error::invalid_arg(e.to_string())
+                    }
+                    nereid_pipeline::triggers::FireError::Record(_) => {
+                        Error::internal(e.to_string())
+                    }
+                })?;
+            json_response(StatusCode::OK, to_json(&firing)?)
+        }
         Route::ModelFeedback(m, v) => {
             let monitor = infer.monitored(&m, &v)?;
             let body = read_body(request, state.max_input_size).await?;
@@ -299,6 +337,10 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             )
         }
     })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode JSON: {e}")))
 }
 
 /// The `parameters` object of a repository request body (empty body: no parameters).
@@ -619,6 +661,9 @@ mod tests {
                     Route::RepositoryIndex => "index",
                     Route::RepositoryLoad(_) | Route::RepositoryUnload(_) => "control",
                     Route::NamedRepository => "named",
+                    Route::Triggers => "triggers",
+                    Route::Trigger(_) => "trigger",
+                    Route::TriggerFire(_) => "fire",
                 })
             })
             .map_err(|_| ())
@@ -654,6 +699,14 @@ mod tests {
             Ok(Some("feedback"))
         );
         assert_eq!(routed(Method::GET, "/v2/models/m/feedback"), Err(()));
+        assert_eq!(routed(Method::GET, "/v2/triggers"), Ok(Some("triggers")));
+        assert_eq!(routed(Method::GET, "/v2/triggers/t-1"), Ok(Some("trigger")));
+        assert_eq!(
+            routed(Method::POST, "/v2/triggers/t-1/fire"),
+            Ok(Some("fire"))
+        );
+        assert_eq!(routed(Method::GET, "/v2/triggers/t-1/fire"), Err(()));
+        assert_eq!(routed(Method::POST, "/v2/triggers"), Err(()));
         assert_eq!(routed(Method::GET, "/v2/models/m/infer"), Err(()));
         assert_eq!(routed(Method::POST, "/v2/health/live"), Err(()));
         assert_eq!(

@@ -40,6 +40,8 @@ pub struct Infer {
     strict_readiness: bool,
     /// The object store behind the local repository, when it is remote.
     remote: Option<Arc<tokio::sync::Mutex<RemoteRepository>>>,
+    /// Retraining triggers, when the server was given a triggers file.
+    triggers: Option<Arc<crate::lifecycle::triggers::RunningTriggers>>,
 }
 
 impl Infer {
@@ -49,6 +51,29 @@ impl Infer {
             accepting: Arc::new(AtomicBool::new(true)),
             strict_readiness,
             remote: None,
+            triggers: None,
+        }
+    }
+
+    pub fn with_triggers(
+        mut self,
+        triggers: Option<Arc<crate::lifecycle::triggers::RunningTriggers>>,
+    ) -> Self {
+        self.triggers = triggers;
+        self
+    }
+
+    /// The trigger service, or why there is none.
+    pub fn triggers(&self) -> Result<&nereid_pipeline::triggers::Triggers, Error> {
+        self.triggers.as_ref().map(|t| &t.triggers).ok_or_else(|| {
+            Error::invalid_arg("no triggers are configured: start the server with --triggers FILE")
+        })
+    }
+
+    /// Stops evaluating triggers (shutdown); actions already running finish.
+    pub fn stop_triggers(&self) {
+        if let Some(t) = &self.triggers {
+            t.stop();
         }
     }
 

@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub grpc_restricted: Vec<restrict::Restriction>,
     /// Prediction log location and retention for monitored versions.
     pub monitoring: lifecycle::MonitorSettings,
+    /// Retraining triggers (`--triggers FILE`).
+    pub triggers: Option<nereid_pipeline::triggers::TriggerSettings>,
 }
 
 impl ServeConfig {
@@ -87,6 +89,7 @@ impl ServeConfig {
             http_restricted: Vec::new(),
             grpc_restricted: Vec::new(),
             monitoring: lifecycle::MonitorSettings::default(),
+            triggers: None,
         }
     }
 }
@@ -149,7 +152,25 @@ pub async fn start(
     .await
     .context("model loading panicked")?
     .with_context(|| format!("failed to read model repository {}", repository.display()))?;
-    let infer = Infer::new(Arc::new(registry), config.strict_readiness).with_remote(remote);
+    let registry = Arc::new(registry);
+    let triggers = match config.triggers.clone() {
+        Some(settings) => {
+            let triggers = tokio::task::spawn_blocking(move || {
+                nereid_pipeline::triggers::Triggers::open(settings)
+            })
+            .await
+            .context("reading the triggers panicked")?
+            .context("invalid --triggers")?;
+            Some(Arc::new(lifecycle::triggers::start(
+                triggers,
+                Arc::clone(&registry),
+            )?))
+        }
+        None => None,
+    };
+    let infer = Infer::new(registry, config.strict_readiness)
+        .with_remote(remote)
+        .with_triggers(triggers);
 
     let bind = |port: u16, what: &'static str| {
         let address = SocketAddr::new(config.host, port);
@@ -238,6 +259,7 @@ pub async fn start(
         shutdown.await;
         tracing::info!("shutting down: waiting for in-flight requests to complete");
         draining.stop_accepting();
+        draining.stop_triggers();
         health_reporter
             .set_not_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
             .await;

@@ -43,6 +43,9 @@ enum Command {
     /// Drift monitoring: reference profiles, prediction-log export, drift reports.
     #[command(subcommand)]
     Monitor(nereid_pipeline::monitoring::MonitorCommand),
+    /// Retraining triggers: a server's triggers and firings, manual firing, file checks.
+    #[command(subcommand)]
+    Triggers(nereid_pipeline::triggers::cli::TriggersCommand),
 }
 
 #[derive(Subcommand)]
@@ -163,6 +166,20 @@ struct ServeArgs {
     /// Size at which a prediction log segment is closed and a new one started.
     #[arg(long, env = "NEREID_PREDICTION_LOG_SEGMENT_BYTES", default_value_t = 64 << 20)]
     prediction_log_segment_bytes: u64,
+
+    /// Retraining triggers (`triggers.toml`): drift, schedule, new data or live metrics start a
+    /// pipeline run, a webhook or an Airflow DAG run. Reloaded when it changes.
+    #[arg(long, env = "NEREID_TRIGGERS")]
+    triggers: Option<PathBuf>,
+
+    /// Where trigger firings are recorded (append-only), with the triggers' state and the
+    /// output of the pipeline runs they start.
+    #[arg(
+        long,
+        env = "NEREID_TRIGGER_RECORD_DIR",
+        default_value = "trigger-record"
+    )]
+    trigger_record_dir: PathBuf,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -190,6 +207,14 @@ impl From<ServeArgs> for ServeConfig {
                     max_age: Duration::from_secs(a.prediction_log_max_age_secs),
                 },
             },
+            triggers: a.triggers.map(|file| {
+                nereid_pipeline::triggers::TriggerSettings::new(
+                    file,
+                    a.trigger_record_dir,
+                    // Pipeline actions run this same binary.
+                    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("nereid")),
+                )
+            }),
         }
     }
 }
@@ -291,6 +316,9 @@ fn main() -> ExitCode {
             }
             Command::Monitor(cmd) => {
                 blocking(move || nereid_pipeline::monitoring::run_monitor(cmd)).await
+            }
+            Command::Triggers(cmd) => {
+                blocking(move || nereid_pipeline::triggers::cli::run_triggers(cmd)).await
             }
         }
     });

@@ -206,6 +206,12 @@ fn gather(state: &MetricsState) -> Vec<MetricFamily> {
     ));
 
     families.extend(monitor_families(&state.infer.registry().all_ready()));
+    if let Ok(triggers) = state.infer.triggers() {
+        families.extend(trigger_families(
+            &triggers.counters(),
+            triggers.status().triggers,
+        ));
+    }
 
     // GPU gauges where the driver's NVML library loads; a scrape never fails because of it.
     if let Some(gpus) = nereid_kernels::nvml::sample().filter(|g| !g.is_empty()) {
@@ -378,6 +384,45 @@ fn monitor_families(models: &[std::sync::Arc<ModelVersion>]) -> Vec<MetricFamily
         family("nereid_monitor_windows_total", "Monitor windows closed and tested", MetricType::COUNTER, windows),
     ]);
     // The text encoder refuses families without series (no window closed yet, no feedback).
+    families.retain(|f| !f.get_metric().is_empty());
+    families
+}
+
+/// The trigger families: firings by trigger and reason kind, suppressed firings, and the time
+/// of the last firing. Every configured trigger has a series, at 0 before it first fires.
+fn trigger_families(
+    counters: &nereid_pipeline::triggers::Counters,
+    triggers: Vec<nereid_pipeline::triggers::TriggerStatus>,
+) -> Vec<MetricFamily> {
+    let mut fired = Vec::new();
+    let mut suppressed = Vec::new();
+    let mut last = Vec::new();
+    for t in &triggers {
+        let id = t.id.as_str();
+        let mut any = false;
+        for ((trigger, reason), n) in &counters.fired {
+            if trigger == id {
+                any = true;
+                fired.push(counter(&[("reason", reason), ("trigger", id)], *n as f64));
+            }
+        }
+        if !any {
+            fired.push(counter(&[("reason", t.kind), ("trigger", id)], 0.0));
+        }
+        let n = counters.suppressed.get(id).copied().unwrap_or(0);
+        suppressed.push(counter(&[("trigger", id)], n as f64));
+        if let Some(time) = counters.last_fired.get(id) {
+            last.push(gauge(
+                &[("trigger", id)],
+                time.timestamp_millis() as f64 / 1000.0,
+            ));
+        }
+    }
+    let mut families = vec![
+        family("nereid_trigger_fired_total", "Retraining trigger firings whose action started, by trigger and reason (drift, schedule, new_data, metric, manual)", MetricType::COUNTER, fired),
+        family("nereid_trigger_suppressed_total", "Trigger episodes not fired because of the cooldown or a run still going", MetricType::COUNTER, suppressed),
+        family("nereid_trigger_last_fired_timestamp_seconds", "Unix time of the trigger's last firing", MetricType::GAUGE, last),
+    ];
     families.retain(|f| !f.get_metric().is_empty());
     families
 }

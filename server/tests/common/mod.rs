@@ -555,3 +555,63 @@ pub fn iris_with(parameters: &[(&str, &str)]) -> Repo {
         .copy_model("iris_classifier")
         .file("iris_classifier/config.pbtxt", config.as_bytes())
 }
+
+/// Fisher's Iris rows (features in cm) and their species names.
+pub fn iris() -> Vec<([f32; 4], &'static str)> {
+    const SPECIES: [&str; 3] = ["setosa", "versicolor", "virginica"];
+    let data = linfa_datasets::iris();
+    (0..data.records.nrows())
+        .map(|i| {
+            let r = data.records.row(i);
+            (
+                [r[0] as f32, r[1] as f32, r[2] as f32, r[3] as f32],
+                SPECIES[data.targets[i]],
+            )
+        })
+        .collect()
+}
+
+/// A small deterministic generator (xorshift) for picking rows.
+pub struct Picker(pub u64);
+
+impl Picker {
+    pub fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// A batch of `rows` Iris rows drawn with replacement, `shift` cm added to feature `feature`.
+pub fn batch(
+    rows: usize,
+    picker: &mut Picker,
+    data: &[([f32; 4], &str)],
+    shift: Option<(usize, f32)>,
+) -> Value {
+    let mut values = Vec::with_capacity(rows * 4);
+    for _ in 0..rows {
+        let (mut x, _) = data[picker.next(data.len())];
+        if let Some((f, by)) = shift {
+            x[f] += by;
+        }
+        values.extend(x);
+    }
+    json!({"inputs": [{"name": "INPUT", "shape": [rows, 4], "datatype": "FP32", "data": values}]})
+}
+
+pub async fn send_rows(
+    server: &TestServer,
+    rows: usize,
+    picker: &mut Picker,
+    shift: Option<(usize, f32)>,
+) {
+    let data = iris();
+    for _ in 0..rows / 50 {
+        let reply = server
+            .infer_json("iris_classifier", &batch(50, picker, &data, shift))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+}
