@@ -49,6 +49,7 @@ pub mod location;
 pub mod mlflow;
 pub mod model;
 pub mod monitoring;
+pub mod production;
 pub mod profile;
 pub mod publish;
 pub mod runner;

@@ -165,38 +165,18 @@ pub fn run_monitor(cmd: MonitorCommand) -> anyhow::Result<()> {
             let now = now_ms();
             let since = a.since.as_deref().map(|s| parse_time(s, now)).transpose()?;
             let until = a.until.as_deref().map(|s| parse_time(s, now)).transpose()?;
-            let version = match a.version {
-                Some(v) => v,
-                None => newest_logged_version(&a.log_dir, &a.model)?,
-            };
             let store =
                 FeatureStore::open_or_create_at(&a.store).context("opening the feature store")?;
-            let config = read_model_config(&a.repository, &a.model)?;
-            let reference_path = a
-                .repository
-                .join(&a.model)
-                .join(version.to_string())
-                .join(REFERENCE_FILE);
-            let reference = if reference_path.is_file() {
-                Some(Reference::read(&reference_path)?)
-            } else {
-                None
-            };
             let name = a.name.unwrap_or_else(|| format!("{}-predictions", a.model));
-            let exported = export_log(
+            let (version, exported) = export_serving_log(
                 &store,
-                &ExportSpec {
-                    log_dir: a.log_dir.join(&a.model).join(version.to_string()),
-                    model: a.model.clone(),
-                    version,
-                    config: config.clone(),
-                    reference,
-                    since_ms: since,
-                    until_ms: until,
-                    labelled_only: a.labelled_only,
-                    name: name.clone(),
-                    labels: read_labels(&a.repository, &a.model, &config),
-                },
+                &a.repository,
+                &a.log_dir,
+                &a.model,
+                a.version,
+                (since, until),
+                a.labelled_only,
+                &name,
             )?;
             println!(
                 "stored {name}@{}  {}  ({} rows, {} labelled) from the log of {} version {version}",
@@ -212,7 +192,7 @@ pub fn run_monitor(cmd: MonitorCommand) -> anyhow::Result<()> {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -230,6 +210,51 @@ pub fn parse_time(text: &str, now_ms: u64) -> anyhow::Result<u64> {
             "'{text}' is neither an RFC 3339 time (2026-12-01T00:00:00Z) nor an age (24h, 7d)"
         ),
     }
+}
+
+/// Exports the prediction log of `model` (of `version`, or of the newest logged version) in the
+/// time range `(since, until)` (Unix ms) as dataset version `name`; returns the version exported.
+#[allow(clippy::too_many_arguments)]
+pub fn export_serving_log(
+    store: &FeatureStore,
+    repository: &Path,
+    log_dir: &Path,
+    model: &str,
+    version: Option<u64>,
+    (since_ms, until_ms): (Option<u64>, Option<u64>),
+    labelled_only: bool,
+    name: &str,
+) -> anyhow::Result<(u64, Exported)> {
+    let version = match version {
+        Some(v) => v,
+        None => newest_logged_version(log_dir, model)?,
+    };
+    let config = read_model_config(repository, model)?;
+    let reference_path = repository
+        .join(model)
+        .join(version.to_string())
+        .join(REFERENCE_FILE);
+    let reference = if reference_path.is_file() {
+        Some(Reference::read(&reference_path)?)
+    } else {
+        None
+    };
+    let exported = export_log(
+        store,
+        &ExportSpec {
+            log_dir: log_dir.join(model).join(version.to_string()),
+            model: model.to_string(),
+            version,
+            config: config.clone(),
+            reference,
+            since_ms,
+            until_ms,
+            labelled_only,
+            name: name.to_string(),
+            labels: read_labels(repository, model, &config),
+        },
+    )?;
+    Ok((version, exported))
 }
 
 fn newest_logged_version(log_dir: &Path, model: &str) -> anyhow::Result<u64> {

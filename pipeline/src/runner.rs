@@ -132,6 +132,8 @@ pub enum StepKind {
     Validate,
     /// Point-in-time join into a training set.
     Join,
+    /// The serving model's labelled production requests combined with the training data.
+    Production,
     /// Train a classifier (tracked run).
     Train,
     /// Candidate and published version on the same test rows.
@@ -149,6 +151,7 @@ impl StepKind {
             StepKind::Ingest => "ingest",
             StepKind::Validate => "validate",
             StepKind::Join => "join",
+            StepKind::Production => "production",
             StepKind::Train => "train",
             StepKind::Evaluate => "evaluate",
             StepKind::Gate => "gate",
@@ -251,6 +254,38 @@ struct JoinParams {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ProductionParams {
+    /// The server's `--prediction-log-dir`.
+    #[serde(default = "default_log_dir")]
+    log_dir: PathBuf,
+    /// The serving version whose log is read (default: the newest logged).
+    #[serde(default)]
+    version: Option<u64>,
+    /// Only requests from then on: RFC 3339 or an age (`24h`).
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default = "default_combine")]
+    combine: crate::production::Combine,
+    /// `reweight`: how many times each production row counts.
+    #[serde(default = "default_weight")]
+    weight: u32,
+    /// Dataset name of the result (default `<model>-retraining`).
+    #[serde(default)]
+    output: Option<String>,
+}
+
+fn default_log_dir() -> PathBuf {
+    "prediction-log".into()
+}
+fn default_combine() -> crate::production::Combine {
+    crate::production::Combine::Append
+}
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PublishParams {
     #[serde(default = "crate::gate::default_input")]
     input_name: String,
@@ -278,6 +313,7 @@ enum Params {
     Ingest(IngestParams),
     Validate(Expectations),
     Join(JoinParams),
+    Production(ProductionParams),
     Train(TrainSpec),
     Evaluate(EvaluateParams),
     Gate(GateConfig),
@@ -626,6 +662,7 @@ fn parse_params(step: &StepDecl) -> Result<Params, String> {
         }
         StepKind::Validate => Params::Validate(typed(value)?),
         StepKind::Join => Params::Join(typed(value)?),
+        StepKind::Production => Params::Production(typed(value)?),
         StepKind::Train => {
             let spec: TrainSpec = typed(value)?;
             spec.config().map_err(|e| e.to_string())?;
@@ -718,6 +755,33 @@ fn gate_input<'a>(inputs: &Inputs<'a>) -> Result<&'a GateResult, StepError> {
     })
 }
 
+/// Names and sizes of a model's prediction-log segments (all versions): what a production
+/// step's output depends on.
+fn log_listing(dir: &Path) -> Result<Vec<(String, u64)>, StepError> {
+    let mut listing = Vec::new();
+    let Ok(versions) = std::fs::read_dir(dir) else {
+        return Ok(listing);
+    };
+    for version in versions.flatten() {
+        let Ok(segments) = std::fs::read_dir(version.path()) else {
+            continue;
+        };
+        for segment in segments.flatten() {
+            let size = segment.metadata().map(|m| m.len()).unwrap_or(0);
+            listing.push((
+                format!(
+                    "{}/{}",
+                    version.file_name().to_string_lossy(),
+                    segment.file_name().to_string_lossy()
+                ),
+                size,
+            ));
+        }
+    }
+    listing.sort();
+    Ok(listing)
+}
+
 /// `step:NAME` refers to the dataset produced by step NAME; anything else is a store reference.
 fn dataset_ref(reference: &str, inputs: &Inputs<'_>) -> Result<String, StepError> {
     match reference.strip_prefix("step:") {
@@ -758,6 +822,16 @@ impl Context<'_> {
                     resolved.push(self.store.resolve(&dataset_ref(&v.source, inputs)?)?.id);
                 }
                 serde_json::json!({ "resolved": resolved })
+            }
+            Params::Production(p) => {
+                // New requests or labels change the log's segments: a new combination.
+                let model = decl.model.as_deref().unwrap_or_default();
+                serde_json::json!({
+                    "model": model,
+                    "repository": self.repository,
+                    "log": log_listing(&p.log_dir.join(model))?,
+                    "since": p.since.as_deref().map(|s| crate::monitoring::parse_time(s, crate::monitoring::now_ms())).transpose().map_err(|e| fatal(e.to_string()))?,
+                })
             }
             Params::Evaluate(_) => {
                 let (_, sha) = model_input(inputs)?;
@@ -880,6 +954,58 @@ impl Context<'_> {
                 Ok(StepOutput::Dataset {
                     id: c.version.id,
                     rows: c.version.rows,
+                })
+            }
+            Params::Production(p) => {
+                let model = decl.model.as_deref().ok_or_else(|| {
+                    fatal("a production step needs the pipeline's `model`".into())
+                })?;
+                let training = dataset_input(inputs)?;
+                let since = p
+                    .since
+                    .as_deref()
+                    .map(|s| crate::monitoring::parse_time(s, crate::monitoring::now_ms()))
+                    .transpose()
+                    .map_err(|e| fatal(e.to_string()))?;
+                let (version, exported) = crate::monitoring::export_serving_log(
+                    &self.store,
+                    &self.repository,
+                    &p.log_dir,
+                    model,
+                    p.version,
+                    (since, None),
+                    true,
+                    &format!("{model}-production"),
+                )
+                .map_err(|e| fatal(format!("{e:#}")))?;
+                log(format!(
+                    "{} labelled production rows of {model} version {version} as {}",
+                    exported.labelled,
+                    exported.committed.version.short_id()
+                ));
+                let name = p
+                    .output
+                    .clone()
+                    .unwrap_or_else(|| format!("{model}-retraining"));
+                let combined = crate::production::combine(
+                    &self.store,
+                    &training,
+                    &exported.committed.version.id,
+                    p.combine,
+                    p.weight,
+                    &name,
+                )
+                .map_err(|e| fatal(format!("{e:#}")))?;
+                log(format!(
+                    "{}: {} training rows and {} production rows as {name}@{}",
+                    p.combine.as_str(),
+                    combined.training_rows,
+                    combined.production_rows,
+                    combined.committed.seq
+                ));
+                Ok(StepOutput::Dataset {
+                    id: combined.committed.version.id,
+                    rows: combined.committed.version.rows,
                 })
             }
             Params::Train(spec) => {
