@@ -422,6 +422,47 @@ pub struct ReadSummary {
     pub torn_segments: usize,
 }
 
+/// Finds the prediction of request `id` in the logs under `root` (`<root>/<model>/<version>/`):
+/// its model, version and time. Reads every segment until found (a lookup, not a hot path).
+pub fn find_request(root: &Path, id: &str) -> io::Result<Option<(String, u64, u64)>> {
+    let Ok(models) = std::fs::read_dir(root) else {
+        return Ok(None);
+    };
+    for model in models.flatten() {
+        let Ok(versions) = std::fs::read_dir(model.path()) else {
+            continue;
+        };
+        for version in versions.flatten() {
+            let Some(number) = version.file_name().to_str().and_then(|v| v.parse().ok()) else {
+                continue;
+            };
+            let mut found = None;
+            read_log(&version.path(), |record| {
+                if found.is_none() {
+                    if let Record::Prediction {
+                        time_ms,
+                        id: logged,
+                        ..
+                    } = &record
+                    {
+                        if logged == id {
+                            found = Some(*time_ms);
+                        }
+                    }
+                }
+            })?;
+            if let Some(time_ms) = found {
+                return Ok(Some((
+                    model.file_name().to_string_lossy().into_owned(),
+                    number,
+                    time_ms,
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Reads every intact record of the log in `dir`, oldest first, into `visit`. A missing folder
 /// is an empty log.
 pub fn read_log(dir: &Path, mut visit: impl FnMut(Record)) -> io::Result<ReadSummary> {

@@ -557,6 +557,15 @@ pub struct Lineage {
     pub dataset_parents: Vec<String>,
     pub training_run: String,
     pub pipeline_run: Option<String>,
+    /// Where the pipeline run's record is (`<runs>/pipeline/<id>.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<PathBuf>,
+    /// The trigger firing that started the run, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_firing: Option<String>,
+    /// The feature store that holds the dataset versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     pub code: CodeRevision,
     pub architecture: BTreeMap<String, String>,
     pub features: Vec<String>,
@@ -704,6 +713,23 @@ fn pbtxt_string(s: &str) -> String {
     format!("\"{escaped}\"")
 }
 
+/// A store location for the record: URLs as they are, local paths made absolute.
+fn absolute_location(location: &str) -> String {
+    match std::fs::canonicalize(location) {
+        Ok(path) if !location.contains("://") => path.display().to_string(),
+        _ => location.to_string(),
+    }
+}
+
+/// The pipeline run a publish belongs to, for the version's lineage.
+#[derive(Debug, Clone, Copy)]
+pub struct RunRef<'a> {
+    pub id: &'a str,
+    /// The runs folder that holds its record.
+    pub runs: &'a Path,
+    pub trigger_firing: Option<&'a str>,
+}
+
 /// Publishes the candidate as the next version of `config.model` (or finds it already there),
 /// then asks the server to load it when `config.server_url` is set.
 #[allow(clippy::too_many_arguments)]
@@ -715,7 +741,7 @@ pub fn publish(
     code: &CodeRevision,
     evaluation: Option<&Evaluation>,
     gate_result: Option<&GateResult>,
-    pipeline_run: Option<&str>,
+    pipeline_run: Option<&RunRef<'_>>,
 ) -> Result<Published> {
     let info = ModelInfo::read(candidate_dir)?;
     let (version, new_version) =
@@ -763,7 +789,11 @@ pub fn publish(
                         dataset_version: info.dataset_version.clone(),
                         dataset_parents: dataset.parents.clone(),
                         training_run: info.run_id.clone(),
-                        pipeline_run: pipeline_run.map(str::to_string),
+                        pipeline_run: pipeline_run.map(|r| r.id.to_string()),
+                        runs: pipeline_run.map(|r| r.runs.to_path_buf()),
+                        trigger_firing: pipeline_run
+                            .and_then(|r| r.trigger_firing.map(str::to_string)),
+                        store: Some(absolute_location(&store.location())),
                         code: code.clone(),
                         architecture: info.architecture.clone(),
                         features: info.features.clone(),

@@ -45,6 +45,7 @@
 pub mod cli;
 pub mod gate;
 pub mod join;
+pub mod lineage;
 pub mod location;
 pub mod mlflow;
 pub mod model;

@@ -499,7 +499,14 @@ pub struct PipelineRun {
     pub steps: Vec<StepRecord>,
     /// One line: what the run achieved.
     pub outcome: String,
+    /// The trigger firing that started this run (from `NEREID_TRIGGER_FIRING`, which the
+    /// trigger service sets), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_firing: Option<String>,
 }
+
+/// The environment variable through which a trigger action tells the run its firing.
+pub const TRIGGER_FIRING_ENV: &str = "NEREID_TRIGGER_FIRING";
 
 impl PipelineRun {
     /// Whether every step was a cache hit (the run did no work).
@@ -684,6 +691,7 @@ struct Context<'a> {
     code: CodeRevision,
     code_dir: PathBuf,
     run_id: String,
+    trigger_firing: Option<String>,
     /// Progress bars for long steps (not in quiet runs).
     progress: bool,
 }
@@ -1086,7 +1094,12 @@ impl Context<'_> {
                     &self.code,
                     e,
                     Some(g),
-                    Some(&self.run_id),
+                    Some(&gate::RunRef {
+                        id: &self.run_id,
+                        runs: &std::fs::canonicalize(&self.runs)
+                            .unwrap_or_else(|_| self.runs.clone()),
+                        trigger_firing: self.trigger_firing.as_deref(),
+                    }),
                 )?;
                 Ok(StepOutput::Publish {
                     published: Some(published),
@@ -1147,6 +1160,9 @@ pub fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Pipelin
         status: PipelineStatus::Running,
         started_at: now_rfc3339(),
         ended_at: None,
+        trigger_firing: std::env::var(TRIGGER_FIRING_ENV)
+            .ok()
+            .filter(|f| !f.is_empty()),
         code: code.clone(),
         steps: pipeline
             .order
@@ -1207,6 +1223,7 @@ pub fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Pipelin
         code,
         code_dir,
         run_id: run_id.clone(),
+        trigger_firing: run.trigger_firing.clone(),
         progress: !options.quiet,
     };
 

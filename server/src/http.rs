@@ -6,6 +6,7 @@
 //! `Code -> HTTP status` mapping.
 
 use std::io::Read;
+use std::path::Path;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -84,6 +85,8 @@ enum Route {
     ModelDrift(String, String),
     ModelDriftPage(String, String),
     ModelFeedback(String, String),
+    ModelLineage(String, String),
+    RequestLineage(String),
     Triggers,
     Trigger(String),
     TriggerFire(String),
@@ -98,7 +101,10 @@ impl Route {
     fn api(&self) -> Api {
         match self {
             Route::Live | Route::Ready | Route::ModelReady(..) => Api::Health,
-            Route::ServerMetadata | Route::ModelMetadata(..) => Api::Metadata,
+            Route::ServerMetadata
+            | Route::ModelMetadata(..)
+            | Route::ModelLineage(..)
+            | Route::RequestLineage(_) => Api::Metadata,
             Route::ModelConfig(..) => Api::ModelConfig,
             Route::AllStats
             | Route::ModelStats(..)
@@ -154,6 +160,7 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
         ["v2", "health", "live"] => get(Route::Live),
         ["v2", "health", "ready"] => get(Route::Ready),
         ["v2", "models", "stats"] => get(Route::AllStats),
+        ["v2", "lineage", id] if !id.is_empty() => get(Route::RequestLineage(decode(id))),
         ["v2", "triggers"] => get(Route::Triggers),
         ["v2", "triggers", id] if !id.is_empty() => get(Route::Trigger(decode(id))),
         ["v2", "triggers", id, "fire"] if !id.is_empty() => post(Route::TriggerFire(decode(id))),
@@ -173,6 +180,7 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
                 "drift" => get(Route::ModelDrift(m, v)),
                 "drift.html" => get(Route::ModelDriftPage(m, v)),
                 "feedback" => post(Route::ModelFeedback(m, v)),
+                "lineage" => get(Route::ModelLineage(m, v)),
                 _ => Ok(None),
             },
             None => Ok(None),
@@ -294,6 +302,52 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             )
                 .into_response()
         }
+        Route::ModelLineage(m, v) => {
+            let model = infer.model(&m, &v)?;
+            let doc = lineage(infer, &model.name, model.version, None).await?;
+            json_response(StatusCode::OK, to_json(&doc)?)
+        }
+        Route::RequestLineage(id) => {
+            let models = infer.registry().all_ready();
+            let log_dir = infer.registry().prediction_log_dir().map(Path::to_path_buf);
+            let wanted = id.clone();
+            // Loaded versions first (their index is in memory), then the logs on disk, which
+            // also hold versions since unloaded.
+            let found = tokio::task::spawn_blocking(move || {
+                models
+                    .iter()
+                    .find_map(|m| {
+                        let time = m.monitor.as_ref()?.served_at(&wanted)?;
+                        Some((m.name.clone(), m.version, time))
+                    })
+                    .map(Ok)
+                    .or_else(|| {
+                        log_dir.and_then(|dir| {
+                            nereid_monitor::log::find_request(&dir, &wanted).transpose()
+                        })
+                    })
+                    .transpose()
+            })
+            .await
+            .map_err(|e| Error::internal(format!("lineage lookup panicked: {e}")))?
+            .map_err(|e| Error::internal(format!("reading the prediction log: {e}")))?;
+            let (model, version, time_ms) = found.ok_or_else(|| {
+                Error::invalid_arg(format!(
+                    "request '{id}' is not in the prediction log (only sampled requests of monitored versions are kept, within the log's retention)"
+                ))
+            })?;
+            let request = serde_json::json!({
+                "id": id,
+                "model": model,
+                "version": version.to_string(),
+                "time": i64::try_from(time_ms)
+                    .ok()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            });
+            let doc = lineage(infer, &model, version, Some(request)).await?;
+            json_response(StatusCode::OK, to_json(&doc)?)
+        }
         Route::Triggers => json_response(StatusCode::OK, to_json(&infer.triggers()?.status())?),
         Route::Trigger(id) => {
             let status = infer.triggers()?.status();
@@ -337,6 +391,38 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             )
         }
     })
+}
+
+/// The lineage chain of a model version, with the request that led to it and, when this server
+/// runs the trigger that started the version's pipeline run, that firing in full.
+async fn lineage(
+    infer: &Infer,
+    model: &str,
+    version: u64,
+    request: Option<serde_json::Value>,
+) -> Result<serde_json::Value, Error> {
+    let repository = infer.registry().repository().to_path_buf();
+    let name = model.to_string();
+    let mut doc = tokio::task::spawn_blocking(move || {
+        nereid_pipeline::lineage::version_lineage(&repository, &name, version)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("lineage panicked: {e}")))?
+    .map_err(|e| Error::invalid_arg(format!("{e:#}")))?;
+    if let (Some(firing), Ok(triggers)) = (doc["trigger_firing"].as_str(), infer.triggers()) {
+        if let Some(f) = triggers
+            .status()
+            .firings
+            .into_iter()
+            .find(|f| f.id == firing)
+        {
+            doc["trigger_firing"] = serde_json::to_value(f).unwrap_or_default();
+        }
+    }
+    if let Some(request) = request {
+        doc["request"] = request;
+    }
+    Ok(doc)
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
@@ -664,6 +750,8 @@ mod tests {
                     Route::Triggers => "triggers",
                     Route::Trigger(_) => "trigger",
                     Route::TriggerFire(_) => "fire",
+                    Route::ModelLineage(..) => "lineage",
+                    Route::RequestLineage(_) => "request-lineage",
                 })
             })
             .map_err(|_| ())
@@ -700,6 +788,14 @@ mod tests {
         );
         assert_eq!(routed(Method::GET, "/v2/models/m/feedback"), Err(()));
         assert_eq!(routed(Method::GET, "/v2/triggers"), Ok(Some("triggers")));
+        assert_eq!(
+            routed(Method::GET, "/v2/models/m/versions/2/lineage"),
+            Ok(Some("lineage"))
+        );
+        assert_eq!(
+            routed(Method::GET, "/v2/lineage/abc"),
+            Ok(Some("request-lineage"))
+        );
         assert_eq!(routed(Method::GET, "/v2/triggers/t-1"), Ok(Some("trigger")));
         assert_eq!(
             routed(Method::POST, "/v2/triggers/t-1/fire"),

@@ -46,6 +46,9 @@ enum Command {
     /// Retraining triggers: a server's triggers and firings, manual firing, file checks.
     #[command(subcommand)]
     Triggers(nereid_pipeline::triggers::cli::TriggersCommand),
+    /// Where a prediction came from: request -> model version -> pipeline run -> trigger
+    /// firing -> dataset versions -> their sources.
+    Lineage(nereid_pipeline::lineage::LineageArgs),
 }
 
 #[derive(Subcommand)]
@@ -319,6 +322,9 @@ fn main() -> ExitCode {
             }
             Command::Triggers(cmd) => {
                 blocking(move || nereid_pipeline::triggers::cli::run_triggers(cmd)).await
+            }
+            Command::Lineage(args) => {
+                blocking(move || nereid_pipeline::lineage::run_lineage(args)).await
             }
         }
     });

@@ -191,6 +191,11 @@ impl ModelRegistry {
         )
     }
 
+    /// Where monitored versions keep their prediction logs, if anywhere.
+    pub fn prediction_log_dir(&self) -> Option<&Path> {
+        self.monitoring.log_dir.as_deref()
+    }
+
     pub fn repository(&self) -> &Path {
         &self.repository
     }

@@ -279,6 +279,66 @@ server_url = "http://{http}"
     assert_eq!(trained_on.name, "iris_classifier-retraining");
     let production = store.get(&trained_on.parents[1]).expect("production data");
     assert_eq!(production.name, "iris_classifier-production");
+    // A request's lineage: the one before the swap leads to version 1 (no run recorded for
+    // the checked-in model); one after it to version 2, its run, the firing and the data.
+    let before = server.get("/v2/lineage/loop-1").await;
+    assert_eq!(before.status, 200, "{}", before.text());
+    assert_eq!(before.json()["request"]["version"], "1");
+    let last = format!("loop-{}", sent.load(Ordering::Relaxed));
+    let after = server.get(&format!("/v2/lineage/{last}")).await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    let chain = after.json();
+    assert_eq!(chain["request"]["version"], "2", "{chain}");
+    assert_eq!(chain["pipeline_run"]["id"], run_id.as_str(), "{chain}");
+    assert_eq!(chain["pipeline_run"]["status"], "succeeded");
+    assert_eq!(chain["trigger_firing"]["trigger"], "petal-drift", "{chain}");
+    assert_eq!(chain["trigger_firing"]["id"], firing["id"]);
+    let names: Vec<&str> = chain["datasets"]
+        .as_array()
+        .expect("datasets")
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "iris_classifier-retraining",
+            "iris",
+            "iris_classifier-production"
+        ],
+        "{chain}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nereid"))
+        .args([
+            "lineage",
+            &last,
+            "--url",
+            &format!("http://{}", server.http),
+        ])
+        .output()
+        .expect("nereid lineage");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", before.text());
+    println!("{text}");
+    assert!(
+        text.contains(&format!("<- pipeline run {run_id} (retrain, succeeded)")),
+        "{text}"
+    );
+    assert!(text.contains("<- trigger petal-drift firing"), "{text}");
+    assert!(
+        text.contains("<- dataset iris_classifier-production"),
+        "{text}"
+    );
+    server
+        .get("/v2/lineage/nosuch")
+        .await
+        .assert_error_contains(400, "request 'nosuch' is not in the prediction log");
+
     // The serving configuration survived the publish.
     let config =
         std::fs::read_to_string(repo_path.join("iris_classifier/config.pbtxt")).expect("config");

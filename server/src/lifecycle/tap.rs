@@ -301,6 +301,14 @@ impl VersionMonitor {
         })
     }
 
+    /// When the request `id` was served by this version, if it was sampled and is still in the
+    /// feedback index. Blocking (waits briefly for the queue to drain, so that a request just
+    /// answered is found).
+    pub fn served_at(&self, id: &str) -> Option<u64> {
+        let _ = self.flush(Duration::from_secs(1));
+        lock(&self.feedback).lookup(id).map(|(time_ms, _)| time_ms)
+    }
+
     /// Applies a feedback batch (all or nothing): joins it with the logged predictions,
     /// scores it and logs the labels. Blocking; returns the rows labelled.
     pub fn apply_feedback(&self, items: &[FeedbackItem]) -> Result<usize, Error> {
