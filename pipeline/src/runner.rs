@@ -261,7 +261,8 @@ struct ProductionParams {
     /// The serving version whose log is read (default: the newest logged).
     #[serde(default)]
     version: Option<u64>,
-    /// Only requests from then on: RFC 3339 or an age (`24h`).
+    /// Only requests from then on: `trigger` (from the first window that fired the trigger
+    /// which started this run), RFC 3339, or an age (`24h`).
     #[serde(default)]
     since: Option<String>,
     #[serde(default = "default_combine")]
@@ -507,6 +508,22 @@ pub struct PipelineRun {
 
 /// The environment variable through which a trigger action tells the run its firing.
 pub const TRIGGER_FIRING_ENV: &str = "NEREID_TRIGGER_FIRING";
+/// ... and the start (Unix ms) of the data that fired it (the first drifted window), if any.
+pub const TRIGGER_SINCE_ENV: &str = "NEREID_TRIGGER_SINCE_MS";
+
+/// A production step's `since`: `trigger` (the start of the data that fired the trigger which
+/// started this run; everything when no trigger did), RFC 3339, or an age.
+fn production_since(since: Option<&str>) -> Result<Option<u64>, StepError> {
+    match since {
+        None => Ok(None),
+        Some("trigger") => Ok(std::env::var(TRIGGER_SINCE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())),
+        Some(text) => crate::monitoring::parse_time(text, crate::monitoring::now_ms())
+            .map(Some)
+            .map_err(|e| fatal(e.to_string())),
+    }
+}
 
 impl PipelineRun {
     /// Whether every step was a cache hit (the run did no work).
@@ -838,7 +855,7 @@ impl Context<'_> {
                     "model": model,
                     "repository": self.repository,
                     "log": log_listing(&p.log_dir.join(model))?,
-                    "since": p.since.as_deref().map(|s| crate::monitoring::parse_time(s, crate::monitoring::now_ms())).transpose().map_err(|e| fatal(e.to_string()))?,
+                    "since": production_since(p.since.as_deref())?,
                 })
             }
             Params::Evaluate(_) => {
@@ -969,12 +986,7 @@ impl Context<'_> {
                     fatal("a production step needs the pipeline's `model`".into())
                 })?;
                 let training = dataset_input(inputs)?;
-                let since = p
-                    .since
-                    .as_deref()
-                    .map(|s| crate::monitoring::parse_time(s, crate::monitoring::now_ms()))
-                    .transpose()
-                    .map_err(|e| fatal(e.to_string()))?;
+                let since = production_since(p.since.as_deref())?;
                 let (version, exported) = crate::monitoring::export_serving_log(
                     &self.store,
                     &self.repository,

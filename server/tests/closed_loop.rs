@@ -144,6 +144,7 @@ name = "production"
 kind = "production"
 needs = ["training-data"]
 log_dir = {logs:?}
+since = "trigger"
 combine = "window"
 
 [[step]]

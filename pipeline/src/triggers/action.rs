@@ -149,7 +149,14 @@ fn run_pipeline(file: &Path, firing: &Firing, ctx: &ActionContext) -> Outcome {
         .arg("--json")
         .current_dir(&ctx.workdir)
         .env("NEREID_TRIGGER", &firing.trigger)
-        .env("NEREID_TRIGGER_FIRING", &firing.id)
+        .env(crate::runner::TRIGGER_FIRING_ENV, &firing.id)
+        .env(
+            crate::runner::TRIGGER_SINCE_ENV,
+            firing.reason.details["data_window_ms"][0]
+                .as_u64()
+                .map(|ms| ms.to_string())
+                .unwrap_or_default(),
+        )
         .env("NEREID_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

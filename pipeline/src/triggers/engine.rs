@@ -56,6 +56,9 @@ struct State {
     last_window: u64,
     consecutive: u32,
     windows_in_episode: Vec<serde_json::Value>,
+    /// End of the last window without drift: the drifted data starts after it (sliding windows
+    /// overlap, so the first drifted window may begin before the change).
+    last_clean_end_ms: Option<u64>,
     in_episode: bool,
     next_due: Option<DateTime<Utc>>,
     /// Firing id of the action still running.
@@ -257,6 +260,7 @@ impl Engine {
                         .collect()
                 };
                 if drifted.is_empty() {
+                    state.last_clean_end_ms = Some(report.window.end_ms);
                     state.consecutive = 0;
                     state.in_episode = false;
                     state.windows_in_episode.clear();
@@ -298,8 +302,13 @@ impl Engine {
                     "model": model,
                     "version": version,
                     "windows": state.windows_in_episode,
+                    // From the end of the last window without drift (or the first drifted
+                    // window's start) to the end of this one.
                     "data_window_ms": [
-                        state.windows_in_episode.first().and_then(|w| w["start_ms"].as_u64()),
+                        state
+                            .last_clean_end_ms
+                            .map(|end| end + 1)
+                            .or_else(|| state.windows_in_episode.first().and_then(|w| w["start_ms"].as_u64())),
                         report.window.end_ms,
                     ],
                 });
@@ -510,6 +519,7 @@ fn follow_version(state: &mut State, version: u64) {
         state.consecutive = 0;
         state.in_episode = false;
         state.windows_in_episode.clear();
+        state.last_clean_end_ms = None;
     }
 }
 
