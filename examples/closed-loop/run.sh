@@ -4,9 +4,9 @@
 #   bash examples/closed-loop/run.sh
 #
 # Builds the release binaries, then in a scratch folder: the Iris training data in a feature
-# store, a copy of the default iris_classifier with every request monitored, a drift trigger
-# whose action is a pipeline (production data -> train -> evaluate -> gate -> publish), and
-# Nereid serving it. Traffic: nereid-loadtest at a fixed rate with petal length 1.5 cm longer
+# store, a copy of the default iris_classifier with every request monitored, the drift trigger
+# of triggers.toml whose action is retrain.toml (production data -> train -> evaluate -> gate
+# -> publish), and Nereid serving it. Traffic: nereid-loadtest at a fixed rate with petal length 1.5 cm longer
 # (unlabelled), and closed_loop_client sending labelled requests (the same shift after a
 # stationary start) with their true species as feedback. Prints when the trigger fired, when
 # version 2 served, whether drift cleared on it, failures, and the lineage of a request before
@@ -44,16 +44,7 @@ cp -r "$ROOT/model-repo/iris_classifier" repo/
 echo 'parameters { key: "nereid.monitor.sample_rate" value: { string_value: "1" } }' \
     >> repo/iris_classifier/config.pbtxt
 
-cat > triggers.toml <<'TOML'
-[[trigger]]
-id = "petal-drift"
-on = "drift"
-model = "iris_classifier"
-features = ["petal_length"]
-windows = 3
-cooldown = "1h"
-action = { kind = "pipeline", file = "retrain.toml" }
-TOML
+cp "$ROOT/examples/closed-loop/triggers.toml" "$ROOT/examples/closed-loop/retrain.toml" .
 
 "$BIN/nereid" serve --model-repository repo --host 127.0.0.1 \
     --http-port 0 --grpc-port 0 --metrics-port 0 --port-file ports.json \
@@ -65,56 +56,8 @@ for _ in $(seq 300); do [ -s ports.json ] && break; sleep 0.1; done
 HTTP="127.0.0.1:$(sed -E 's/.*"http": *([0-9]+).*/\1/' ports.json)"
 echo "serving on $HTTP"
 
-cat > retrain.toml <<TOML
-name = "retrain"
-model = "iris_classifier"
-store = "store"
-runs = "runs"
-repository = "repo"
-
-[[step]]
-name = "training-data"
-kind = "dataset"
-dataset = "iris"
-
-[[step]]
-name = "production"
-kind = "production"
-needs = ["training-data"]
-log_dir = "prediction-log"
-since = "trigger"        # from the first window that fired the trigger
-combine = "window"
-
-[[step]]
-name = "train"
-kind = "train"
-needs = ["production"]
-features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-label = "species"
-hidden = [16]
-epochs = 300
-learning_rate = 0.02
-patience = 50
-seed = 7
-
-[[step]]
-name = "evaluate"
-kind = "evaluate"
-needs = ["train"]
-
-[[step]]
-name = "gate"
-kind = "gate"
-needs = ["evaluate"]
-metric = "accuracy"
-min_improvement = 0.0
-
-[[step]]
-name = "publish"
-kind = "publish"
-needs = ["gate"]
-server_url = "http://$HTTP"
-TOML
+# The publish step (retrain.toml's last) loads the new version on this server.
+echo "server_url = \"http://$HTTP\"" >> retrain.toml
 
 # Unlabelled background traffic at a fixed rate, shifted like the labelled traffic.
 "$BIN/examples/closed_loop_client" --shift "$SHIFT" --write-shifted shifted.json

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::gate::{Lineage, LINEAGE_FILE};
 use crate::runner::get_run;
 use crate::store::{Derivation, FeatureStore};
-use crate::triggers::cli::server_call;
+use crate::triggers::cli::{server_call, text};
 
 /// Most dataset versions followed up the parents (lineage graphs are small; this bounds a
 /// corrupt catalog).
@@ -157,14 +157,6 @@ pub fn run_lineage(a: LineageArgs) -> anyhow::Result<()> {
     }
     print!("{}", render(&serde_json::from_str(&body)?));
     Ok(())
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
 
 /// The chain, one link per line.

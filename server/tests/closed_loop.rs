@@ -6,17 +6,16 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{iris, iris_with, Picker, TestServer, EVERY_REQUEST};
+use common::{copy_dir, iris, iris_with, Picker, TestServer, EVERY_REQUEST};
 use nereid_pipeline::triggers::TriggerSettings;
 use nereid_server::{ControlMode, ServeConfig};
 use serde_json::{json, Value};
-
-const FEATURES: &str = r#"["sepal_length", "sepal_width", "petal_length", "petal_width"]"#;
 
 /// Batches of 50 Fisher rows with petal length 1.5 cm longer, each followed by its labels,
 /// until `stop`; counts requests and failures.
@@ -78,9 +77,16 @@ async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_retrains_publishes_and_hot_swaps_without_a_failed_request() {
+    // The demo's own trigger and pipeline files (examples/closed-loop), in a folder laid out as
+    // they expect: repo/, store/, prediction-log/.
     let dir = tempfile::tempdir().expect("dir");
-    let repo = iris_with(EVERY_REQUEST);
-    let repo_path = repo.path();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/closed-loop");
+    for file in ["triggers.toml", "retrain.toml"] {
+        std::fs::copy(format!("{example}/{file}"), dir.path().join(file)).expect("copy");
+    }
+    let repo_path = dir.path().join("repo");
+    let served = iris_with(EVERY_REQUEST);
+    copy_dir(&served.path(), &repo_path);
     let logs = dir.path().join("prediction-log");
 
     // The training data of version 1, in the feature store.
@@ -109,80 +115,15 @@ async fn drift_retrains_publishes_and_hot_swaps_without_a_failed_request() {
     );
     settings.poll = Duration::from_millis(100);
     config.triggers = Some(settings);
-
-    std::fs::write(
-        dir.path().join("triggers.toml"),
-        r#"[[trigger]]
-id = "petal-drift"
-on = "drift"
-model = "iris_classifier"
-features = ["petal_length"]
-windows = 2
-cooldown = "1h"
-action = { kind = "pipeline", file = "retrain.toml" }
-"#,
-    )
-    .expect("triggers file");
-    let server = Arc::new(TestServer::start_with(config, Some(repo)).await);
-    // The pipeline file is read when the trigger runs it, so it can name the server's port.
-    std::fs::write(
-        dir.path().join("retrain.toml"),
-        format!(
-            r#"name = "retrain"
-model = "iris_classifier"
-store = "store"
-runs = "runs"
-repository = {repo:?}
-
-[[step]]
-name = "training-data"
-kind = "dataset"
-dataset = "iris"
-
-[[step]]
-name = "production"
-kind = "production"
-needs = ["training-data"]
-log_dir = {logs:?}
-since = "trigger"
-combine = "window"
-
-[[step]]
-name = "train"
-kind = "train"
-needs = ["production"]
-features = {FEATURES}
-label = "species"
-hidden = [16]
-epochs = 300
-learning_rate = 0.02
-patience = 50
-seed = 7
-
-[[step]]
-name = "evaluate"
-kind = "evaluate"
-needs = ["train"]
-
-[[step]]
-name = "gate"
-kind = "gate"
-needs = ["evaluate"]
-metric = "accuracy"
-min_improvement = 0.0
-
-[[step]]
-name = "publish"
-kind = "publish"
-needs = ["gate"]
-server_url = "http://{http}"
-"#,
-            repo = repo_path.display().to_string(),
-            logs = logs.display().to_string(),
-            http = server.http,
-        ),
-    )
-    .expect("pipeline file");
+    let server = Arc::new(TestServer::start_with(config, None).await);
+    // The pipeline file is read when the trigger runs it: its publish step (the last) can now
+    // name the server.
+    let mut pipeline = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("retrain.toml"))
+        .expect("pipeline file");
+    writeln!(pipeline, "server_url = \"http://{}\"", server.http).expect("append");
+    drop(pipeline);
 
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -204,6 +145,12 @@ server_url = "http://{http}"
     let fired_after = started.elapsed();
     assert_eq!(firing["status"], "fired", "{firing}");
     assert_eq!(firing["reason"]["details"]["version"], 1);
+    assert!(
+        firing["reason"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("drift on petal_length in 3 consecutive windows (1..3)")),
+        "{firing}"
+    );
     wait_for("version 2 to serve", Duration::from_secs(240), async || {
         (server
             .get("/v2/models/iris_classifier/versions/2/ready")

@@ -3,24 +3,9 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{iris_with, TestServer, EVERY_REQUEST};
+use common::{iris_with, nereid, TestServer, EVERY_REQUEST};
 use nereid_server::ServeConfig;
 use serde_json::json;
-
-fn nereid(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nereid"))
-        .args(args)
-        .env("NEREID_LOG", "warn")
-        .output()
-        .expect("nereid runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_commands_report_export_and_write_references() {

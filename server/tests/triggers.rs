@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
-use common::{iris, iris_with, send_rows, Picker, TestServer, EVERY_REQUEST, MODEL_REPO};
+use common::{iris, iris_with, nereid, send_rows, Picker, TestServer, EVERY_REQUEST, MODEL_REPO};
 use nereid_pipeline::triggers::TriggerSettings;
 use nereid_server::ServeConfig;
 use serde_json::{json, Value};
@@ -404,20 +404,6 @@ async fn new_data_starts_a_pipeline_run_in_a_child_process_and_a_bad_file_keeps_
     })
     .await;
     server.shutdown().await.expect("clean shutdown");
-}
-
-/// `nereid` with arguments; (success, stdout, stderr).
-fn nereid(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(NEREID)
-        .args(args)
-        .env("NEREID_LOG", "warn")
-        .output()
-        .expect("nereid runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 struct Served(Child);

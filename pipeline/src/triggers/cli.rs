@@ -140,7 +140,8 @@ pub fn run_triggers(cmd: TriggersCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(v: &Value) -> String {
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),

@@ -335,30 +335,52 @@ fn required<T>(value: Option<T>, field: &str, kind: &str) -> Result<T, String> {
     value.ok_or_else(|| format!("a {kind} trigger needs `{field}`"))
 }
 
-fn refuse_fields(kind: &str, fields: &[(&str, bool)]) -> Result<(), String> {
-    match fields.iter().find(|(_, present)| *present) {
-        Some((name, _)) => Err(format!("`{name}` does not apply to a {kind} trigger")),
-        None => Ok(()),
+impl RawTrigger {
+    /// The kind-specific fields this trigger sets.
+    fn set_fields(&self) -> Vec<&'static str> {
+        [
+            ("model", self.model.is_some()),
+            ("version", self.version.is_some()),
+            ("windows", self.windows.is_some()),
+            ("features", !self.features.is_empty()),
+            ("cron", self.cron.is_some()),
+            ("timezone", self.timezone.is_some()),
+            ("dataset", self.dataset.is_some()),
+            ("store", self.store.is_some()),
+            ("metric", self.metric.is_some()),
+            ("below", self.below.is_some()),
+            ("above", self.above.is_some()),
+            ("min_labels", self.min_labels.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// The kind-specific fields each kind reads; any other is a mistake worth saying.
+fn fields_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "drift" => &["model", "version", "windows", "features"],
+        "schedule" => &["cron", "timezone"],
+        "new_data" => &["dataset", "store"],
+        "metric" => &["model", "version", "metric", "below", "above", "min_labels"],
+        _ => &[],
     }
 }
 
 fn check(t: RawTrigger, base: &Path) -> Result<Trigger, String> {
     let kind = t.on.as_str();
+    if let Some(field) = t
+        .set_fields()
+        .into_iter()
+        .find(|f| !fields_of(kind).contains(f))
+        .filter(|_| !fields_of(kind).is_empty())
+    {
+        return Err(format!("`{field}` does not apply to a {kind} trigger"));
+    }
     let condition = match kind {
         "drift" => {
-            refuse_fields(
-                kind,
-                &[
-                    ("cron", t.cron.is_some()),
-                    ("timezone", t.timezone.is_some()),
-                    ("dataset", t.dataset.is_some()),
-                    ("store", t.store.is_some()),
-                    ("metric", t.metric.is_some()),
-                    ("below", t.below.is_some()),
-                    ("above", t.above.is_some()),
-                    ("min_labels", t.min_labels.is_some()),
-                ],
-            )?;
             let windows = t.windows.unwrap_or(1);
             if windows == 0 {
                 return Err("`windows` must be at least 1".into());
@@ -371,21 +393,6 @@ fn check(t: RawTrigger, base: &Path) -> Result<Trigger, String> {
             }
         }
         "schedule" => {
-            refuse_fields(
-                kind,
-                &[
-                    ("model", t.model.is_some()),
-                    ("version", t.version.is_some()),
-                    ("windows", t.windows.is_some()),
-                    ("features", !t.features.is_empty()),
-                    ("dataset", t.dataset.is_some()),
-                    ("store", t.store.is_some()),
-                    ("metric", t.metric.is_some()),
-                    ("below", t.below.is_some()),
-                    ("above", t.above.is_some()),
-                    ("min_labels", t.min_labels.is_some()),
-                ],
-            )?;
             let cron = Box::new(CronSpec::parse(&required(t.cron, "cron", kind)?)?);
             let zone = t.timezone.ok_or(
                 "a schedule trigger needs `timezone` (an IANA name such as \"Europe/Berlin\", or \"UTC\"): cron times mean nothing without one",
@@ -395,21 +402,6 @@ fn check(t: RawTrigger, base: &Path) -> Result<Trigger, String> {
             Condition::Schedule { cron, timezone }
         }
         "new_data" => {
-            refuse_fields(
-                kind,
-                &[
-                    ("model", t.model.is_some()),
-                    ("version", t.version.is_some()),
-                    ("windows", t.windows.is_some()),
-                    ("features", !t.features.is_empty()),
-                    ("cron", t.cron.is_some()),
-                    ("timezone", t.timezone.is_some()),
-                    ("metric", t.metric.is_some()),
-                    ("below", t.below.is_some()),
-                    ("above", t.above.is_some()),
-                    ("min_labels", t.min_labels.is_some()),
-                ],
-            )?;
             let store = t.store.unwrap_or_else(|| "feature-store".into());
             Condition::NewData {
                 dataset: required(t.dataset, "dataset", kind)?,
@@ -417,17 +409,6 @@ fn check(t: RawTrigger, base: &Path) -> Result<Trigger, String> {
             }
         }
         "metric" => {
-            refuse_fields(
-                kind,
-                &[
-                    ("windows", t.windows.is_some()),
-                    ("features", !t.features.is_empty()),
-                    ("cron", t.cron.is_some()),
-                    ("timezone", t.timezone.is_some()),
-                    ("dataset", t.dataset.is_some()),
-                    ("store", t.store.is_some()),
-                ],
-            )?;
             let metric = required(t.metric, "metric", kind)?;
             if !METRICS.contains(&metric.as_str()) {
                 return Err(format!(

@@ -416,7 +416,8 @@ impl Repo {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("dir created");
     for entry in std::fs::read_dir(from).expect("dir readable") {
         let entry = entry.expect("dir entry");
@@ -614,4 +615,18 @@ pub async fn send_rows(
             .await;
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
+}
+
+/// Runs the `nereid` binary with `args`: (success, stdout, stderr).
+pub fn nereid(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nereid"))
+        .args(args)
+        .env("NEREID_LOG", "warn")
+        .output()
+        .expect("nereid runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
