@@ -118,11 +118,23 @@ async fn main() -> Result<(), String> {
         })
         .collect();
 
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
     if let Some(path) = &args.write_shifted {
-        let data: Vec<Value> = rows
+        // Shuffled: nereid-loadtest sends the rows in order, and Fisher's are sorted by species.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, next(i + 1));
+        }
+        let data: Vec<Value> = order
             .iter()
-            .map(|(x, _)| {
-                let mut x = *x;
+            .map(|&i| {
+                let mut x = rows[i].0;
                 x[args.shift.0] += args.shift.1;
                 json!({"INPUT": x})
             })
@@ -134,7 +146,6 @@ async fn main() -> Result<(), String> {
 
     let started = Instant::now();
     let (mut sent, mut failed, mut labels_lost) = (0u64, 0u64, 0u64);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut shift_started: Option<Instant> = None;
     let mut fired_after: Option<Duration> = None;
     let mut serving_after: Option<Duration> = None;
@@ -164,10 +175,7 @@ async fn main() -> Result<(), String> {
         let mut values = Vec::with_capacity(args.rows * 4);
         let mut truth = Vec::with_capacity(args.rows);
         for _ in 0..args.rows {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let (mut x, species) = rows[(state % rows.len() as u64) as usize];
+            let (mut x, species) = rows[next(rows.len())];
             if shifted {
                 x[args.shift.0] += args.shift.1;
             }
