@@ -210,7 +210,10 @@ pub fn render_list(doc: &Value) -> String {
             "{:<20} {:<9} {:<26} {:<10} {} -> {}",
             text(&t["id"]),
             text(&t["kind"]),
-            text(&t["last_fired"]),
+            // To the second: the record has the full time.
+            t["last_fired"]
+                .as_str()
+                .map_or("-".to_string(), |t| format!("{}Z", &t[..t.len().min(19)])),
             if t["running"].is_string() {
                 "yes"
             } else {
