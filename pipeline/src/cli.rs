@@ -973,6 +973,13 @@ mod export_tests {
             .expect("ingest");
         let v = store.resolve("d").expect("version");
 
+        // A bare file name writes into the working directory.
+        let bare =
+            std::path::PathBuf::from(format!("nereid-export-test-{}.csv", std::process::id()));
+        let written = export_version(&store, &v, &bare);
+        let _ = std::fs::remove_file(&bare);
+        assert_eq!(written.expect("bare name"), 3);
+
         let csv = dir.path().join("out.csv");
         assert_eq!(export_version(&store, &v, &csv).expect("csv"), 3);
         assert_eq!(

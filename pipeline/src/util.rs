@@ -72,7 +72,14 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    if let Some(dir) = path.parent() {
+    // A bare file name's folder is the working directory ("" would not open).
+    if let Some(dir) = path.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    }) {
         sync_dir(dir)?;
     }
     Ok(())
@@ -87,7 +94,14 @@ pub fn create_new_atomic(path: &Path, contents: &[u8]) -> io::Result<bool> {
     let _ = fs::remove_file(&tmp);
     match result {
         Ok(()) => {
-            if let Some(dir) = path.parent() {
+            // A bare file name's folder is the working directory ("" would not open).
+            if let Some(dir) = path.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            }) {
                 sync_dir(dir)?;
             }
             Ok(true)
