@@ -126,6 +126,8 @@ struct Loaded {
     recent: Vec<Firing>,
     counters: Counters,
     last_dataset_poll: Option<Instant>,
+    /// What `state.json` holds, so that it is rewritten only when the state changed.
+    saved: BTreeMap<String, engine::Persisted>,
 }
 
 struct Inner {
@@ -207,6 +209,7 @@ impl Triggers {
                     recent,
                     counters,
                     last_dataset_poll: None,
+                    saved: persisted,
                 }),
                 settings,
             }),
@@ -295,12 +298,19 @@ impl Triggers {
                 self.apply_locked(&mut loaded, decisions);
             }
         }
-        if let Err(e) = self
-            .inner
-            .record
-            .save_state(&self.lock().engine.persisted())
-        {
-            tracing::warn!(error = %e, "cannot save the trigger state");
+        self.save_state();
+    }
+
+    /// Writes `state.json` when the persisted state changed since it was last written.
+    fn save_state(&self) {
+        let mut loaded = self.lock();
+        let state = loaded.engine.persisted();
+        if state == loaded.saved {
+            return;
+        }
+        match self.inner.record.save_state(&state) {
+            Ok(()) => loaded.saved = state,
+            Err(e) => tracing::warn!(error = %e, "cannot save the trigger state"),
         }
     }
 
@@ -313,13 +323,7 @@ impl Triggers {
             .ok_or_else(|| FireError::Unknown(id.to_string()))?;
         let mut firings = self.apply_locked(&mut loaded, vec![decision]);
         drop(loaded);
-        if let Err(e) = self
-            .inner
-            .record
-            .save_state(&self.lock().engine.persisted())
-        {
-            tracing::warn!(error = %e, "cannot save the trigger state");
-        }
+        self.save_state();
         firings
             .pop()
             .ok_or_else(|| FireError::Record("the firing could not be recorded".into()))
@@ -429,9 +433,13 @@ impl Triggers {
         self.lock().counters.clone()
     }
 
-    pub fn status(&self) -> Status {
-        let loaded = self.lock();
-        let triggers = loaded
+    /// Each trigger and its state (without the firings: what `/metrics` needs).
+    pub fn trigger_statuses(&self) -> Vec<TriggerStatus> {
+        Self::statuses(&self.lock())
+    }
+
+    fn statuses(loaded: &Loaded) -> Vec<TriggerStatus> {
+        loaded
             .engine
             .triggers()
             .iter()
@@ -446,11 +454,15 @@ impl Triggers {
                 next_due: loaded.engine.next_due(&t.id),
                 last_window: loaded.engine.last_window(&t.id),
             })
-            .collect();
+            .collect()
+    }
+
+    pub fn status(&self) -> Status {
+        let loaded = self.lock();
         Status {
             file: self.inner.settings.file.clone(),
             file_error: loaded.file_error.clone(),
-            triggers,
+            triggers: Self::statuses(&loaded),
             firings: loaded.recent.iter().rev().cloned().collect(),
         }
     }
