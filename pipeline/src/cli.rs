@@ -264,9 +264,9 @@ pub struct PipelineRunArgs {
     /// Override the file's runs directory.
     #[arg(long)]
     pub runs_dir: Option<PathBuf>,
-    /// Override the file's model repository.
+    /// Override the file's model repository (directory or URL).
     #[arg(long)]
-    pub repository: Option<PathBuf>,
+    pub repository: Option<String>,
     /// Mirror training runs to this MLflow tracking server.
     #[arg(long, env = "MLFLOW_TRACKING_URI")]
     pub mlflow_uri: Option<String>,

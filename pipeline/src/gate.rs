@@ -7,9 +7,9 @@
 //! better than that baseline by more than the configured margin (or there is no baseline) ->
 //! [`publish`]: the weights plus `reference.json` (the training data's profile, for drift
 //! monitors) and `lineage.json` (dataset version, run id, code revision, metrics, gate result)
-//! become the next version, atomically through [`crate::publish::publish_next_version`];
-//! then, if a server URL is configured, the server is asked to load the model
-//! (`POST {url}/v2/repository/models/{model}/load`).
+//! become the next version, atomically, in a local directory or an object store (see
+//! [`crate::repository`]); then, if a server URL is configured, the server is asked to load the
+//! model (`POST {url}/v2/repository/models/{model}/load`).
 //!
 //! Publishing is idempotent: a version whose `model.safetensors` has the candidate's hash is
 //! reused rather than published twice, so a retried or re-run publish step does no harm.
@@ -22,9 +22,8 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ArchitectureSpec, DenseModel};
-use crate::publish::{
-    model_versions, publish_next_version, PublishError, CONFIG_FILE, LABELS_FILE, MODEL_FILE,
-};
+use crate::publish::{PublishError, CONFIG_FILE, LABELS_FILE, MODEL_FILE};
+use crate::repository::ModelRepository;
 use crate::store::FeatureStore;
 use crate::tracking::CodeRevision;
 use crate::train::{score, Quality, SplitMetrics, Task};
@@ -209,29 +208,56 @@ pub struct GateResult {
     pub min_improvement: f64,
 }
 
+/// The `lineage.json` of a published version, when it has one that reads.
+fn published_lineage(repo: &ModelRepository, model: &str, version: u64) -> Result<Option<Lineage>> {
+    let Some(path) = repo.version_file(model, version, LINEAGE_FILE)? else {
+        return Ok(None);
+    };
+    Ok(std::fs::read(path)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Lineage>(&text).ok()))
+}
+
+/// The SHA-256 of a published version's weights, `None` when it has none. Its `lineage.json`
+/// says, when the pipeline published it (versions are immutable, and it spares downloading the
+/// weights of every version of a remote repository); otherwise the weights are hashed.
+pub fn published_weights_sha256(
+    repo: &ModelRepository,
+    model: &str,
+    version: u64,
+) -> Result<Option<String>> {
+    if let Some(lineage) = published_lineage(repo, model, version)? {
+        return Ok(Some(lineage.weights_sha256));
+    }
+    let Some(weights) = repo.version_file(model, version, MODEL_FILE)? else {
+        return Ok(None);
+    };
+    Ok(sha256_file(&weights).ok().map(|(sha, _)| sha))
+}
+
 /// The newest published version of `model` whose weights are not `exclude_sha256`, with its hash.
 pub fn current_baseline(
-    repo: &Path,
+    repo: &ModelRepository,
     model: &str,
     exclude_sha256: &str,
 ) -> Result<Option<(u64, String)>> {
-    for version in model_versions(repo, model)?.into_iter().rev() {
-        let weights = repo.join(model).join(version.to_string()).join(MODEL_FILE);
-        let Ok((sha, _)) = sha256_file(&weights) else {
-            continue;
-        };
-        if sha != exclude_sha256 {
-            return Ok(Some((version, sha)));
+    for version in repo.versions(model)?.into_iter().rev() {
+        match published_weights_sha256(repo, model, version)? {
+            Some(sha) if sha != exclude_sha256 => return Ok(Some((version, sha))),
+            _ => {}
         }
     }
     Ok(None)
 }
 
 /// The published version of `model` whose weights have this hash, if any.
-pub fn published_version_with(repo: &Path, model: &str, sha256: &str) -> Result<Option<u64>> {
-    for version in model_versions(repo, model)?.into_iter().rev() {
-        let weights = repo.join(model).join(version.to_string()).join(MODEL_FILE);
-        if sha256_file(&weights).is_ok_and(|(sha, _)| sha == sha256) {
+pub fn published_version_with(
+    repo: &ModelRepository,
+    model: &str,
+    sha256: &str,
+) -> Result<Option<u64>> {
+    for version in repo.versions(model)?.into_iter().rev() {
+        if published_weights_sha256(repo, model, version)?.is_some_and(|sha| sha == sha256) {
             return Ok(Some(version));
         }
     }
@@ -241,21 +267,18 @@ pub fn published_version_with(repo: &Path, model: &str, sha256: &str) -> Result<
 /// The spec a published version runs under: its `lineage.json` if we wrote it, else the model's
 /// `config.pbtxt` parameters.
 fn published_spec(
-    repo: &Path,
+    repo: &ModelRepository,
     model: &str,
     version: u64,
 ) -> std::result::Result<ArchitectureSpec, String> {
-    let lineage = repo
-        .join(model)
-        .join(version.to_string())
-        .join(LINEAGE_FILE);
-    if let Ok(text) = std::fs::read(&lineage) {
-        if let Ok(l) = serde_json::from_slice::<Lineage>(&text) {
-            return ArchitectureSpec::from_parameters(|k| l.architecture.get(k).cloned())
-                .map_err(|e| e.to_string());
-        }
+    if let Some(l) = published_lineage(repo, model, version).map_err(|e| e.to_string())? {
+        return ArchitectureSpec::from_parameters(|k| l.architecture.get(k).cloned())
+            .map_err(|e| e.to_string());
     }
-    let path = repo.join(model).join(CONFIG_FILE);
+    let path = repo
+        .model_file(model, CONFIG_FILE)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}/{model} has no {CONFIG_FILE}", repo.describe()))?;
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let config = nereid_protocol::config::parse_pbtxt(&text, &path.display().to_string())
         .map_err(|e| e.to_string())?;
@@ -263,24 +286,12 @@ fn published_spec(
         .map_err(|e| e.to_string())
 }
 
-/// The task a published version was trained for, when its `lineage.json` says.
-fn published_task(repo: &Path, model: &str, version: u64) -> Option<Task> {
-    let path = repo
-        .join(model)
-        .join(version.to_string())
-        .join(LINEAGE_FILE);
-    let text = std::fs::read(path).ok()?;
-    serde_json::from_slice::<Lineage>(&text)
-        .ok()
-        .map(|l| l.task)
-}
-
 /// Evaluates the candidate in `candidate_dir` and the current version of `model` in `repo` on
 /// the candidate's test rows.
 pub fn evaluate(
     store: &FeatureStore,
     candidate_dir: &Path,
-    repo: &Path,
+    repo: &ModelRepository,
     model: &str,
 ) -> Result<Evaluation> {
     let info = ModelInfo::read(candidate_dir)?;
@@ -333,12 +344,14 @@ pub fn evaluate(
     let baseline = match current_baseline(repo, model, &info.weights_sha256)? {
         None => None,
         Some((version, weights_sha256)) => {
-            let dir = repo.join(model).join(version.to_string());
-            let labels_path = repo.join(model).join(LABELS_FILE);
             let attempt = || -> std::result::Result<EvalMetrics, String> {
                 let spec = published_spec(repo, model, version)?;
-                let m = DenseModel::load(&dir.join(MODEL_FILE), spec, &Device::Cpu)
-                    .map_err(|e| e.to_string())?;
+                let weights = repo
+                    .version_file(model, version, MODEL_FILE)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("it has no {MODEL_FILE}"))?;
+                let m =
+                    DenseModel::load(&weights, spec, &Device::Cpu).map_err(|e| e.to_string())?;
                 if m.input_features() != n || m.output_features() != info.outputs() {
                     return Err(format!(
                         "it maps {} inputs to {} outputs, the candidate {} to {}",
@@ -348,14 +361,18 @@ pub fn evaluate(
                         info.outputs()
                     ));
                 }
-                if let Some(theirs) = published_task(repo, model, version) {
+                let lineage = published_lineage(repo, model, version).map_err(|e| e.to_string())?;
+                if let Some(theirs) = lineage.map(|l| l.task) {
                     if theirs != task {
                         return Err(format!(
                             "it is a {theirs} model, the candidate a {task} model"
                         ));
                     }
                 }
-                if task == Task::Classification {
+                let labels_path = repo
+                    .model_file(model, LABELS_FILE)
+                    .map_err(|e| e.to_string())?;
+                if let (Task::Classification, Some(labels_path)) = (task, labels_path) {
                     if let Ok(text) = std::fs::read_to_string(&labels_path) {
                         let labels: Vec<&str> = text.lines().collect();
                         if labels != info.classes {
@@ -585,7 +602,9 @@ pub use nereid_monitor::reference::{PredictionReference, Reference, REFERENCE_FO
 pub struct Published {
     pub model: String,
     pub version: u64,
-    pub path: PathBuf,
+    /// Where the version is: a path, or a URL in a remote repository.
+    #[serde(alias = "path")]
+    pub location: String,
     /// SHA-256 of the version's `model.safetensors`.
     pub weights_sha256: String,
     /// `false` when the same weights were already published as `version`.
@@ -649,21 +668,18 @@ pub fn config_pbtxt(info: &ModelInfo, config: &PublishConfig, comment: &str) -> 
 /// version policy, monitor and other parameters) stays as the operator set it. A model the
 /// repository does not have yet gets the generated config as it is.
 pub fn keep_serving_config(
-    repo: &Path,
+    repo: &ModelRepository,
     model: &str,
     generated: &str,
     comment: &str,
 ) -> Result<String> {
     let header: String = comment.lines().map(|l| format!("# {l}\n")).collect();
-    let path = repo.join(model).join(crate::publish::CONFIG_FILE);
-    let existing = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(format!("{header}{generated}"))
-        }
-        Err(source) => return Err(GateError::Io { path, source }),
+    let Some(path) = repo.model_file(model, CONFIG_FILE)? else {
+        return Ok(format!("{header}{generated}"));
     };
-    let origin = path.display().to_string();
+    let existing =
+        std::fs::read_to_string(&path).map_err(|source| GateError::Io { path, source })?;
+    let origin = format!("{}/{model}/{CONFIG_FILE}", repo.describe());
     let refuse = |e: nereid_protocol::Error| {
         GateError::Config(format!(
         "cannot keep the serving configuration of {origin} for the new version: {e}; fix or remove the file"
@@ -736,7 +752,7 @@ pub struct RunRef<'a> {
 pub fn publish(
     store: &FeatureStore,
     candidate_dir: &Path,
-    repo: &Path,
+    repo: &ModelRepository,
     config: &PublishConfig,
     code: &CodeRevision,
     evaluation: Option<&Evaluation>,
@@ -749,8 +765,8 @@ pub fn publish(
             Some(v) => (v, false),
             None => {
                 let dataset = store.get(&info.dataset_version)?;
-                let staging = tempfile_dir(repo)?;
-                let result = (|| -> Result<(u64, PathBuf)> {
+                let staging = tempfile_dir()?;
+                let result = (|| -> Result<(u64, String)> {
                     let io = |p: &Path| {
                         let p = p.to_path_buf();
                         move |source| GateError::Io { path: p, source }
@@ -816,23 +832,16 @@ pub fn publish(
                         &config_pbtxt(&info, config, ""),
                         &comment,
                     )?;
-                    Ok(publish_next_version(
-                        repo,
-                        &config.model,
-                        &pbtxt,
-                        &info.classes,
-                        &staging,
-                    )?)
+                    Ok(repo.publish_next_version(&config.model, &pbtxt, &info.classes, &staging)?)
                 })();
                 let _ = std::fs::remove_dir_all(&staging);
                 (result?.0, true)
             }
         };
-    let path = repo.join(&config.model).join(version.to_string());
     let mut published = Published {
         model: config.model.clone(),
         version,
-        path,
+        location: repo.describe_version(&config.model, version),
         weights_sha256: info.weights_sha256.clone(),
         new_version,
         server_loaded: false,
@@ -865,13 +874,9 @@ pub fn publish(
     Ok(published)
 }
 
-/// A private folder to assemble a version's files in; `publish_next_version` then copies them
-/// into a staging folder inside the model folder and renames that into place.
-fn tempfile_dir(repo: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(repo).map_err(|source| GateError::Io {
-        path: repo.to_path_buf(),
-        source,
-    })?;
+/// A private folder to assemble a version's files in; publishing then copies them into a
+/// staging folder inside the model folder and renames that into place (or uploads them).
+fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("nereid-publish-{}", crate::util::new_run_id()));
     std::fs::create_dir_all(&dir).map_err(|source| GateError::Io {
         path: dir.clone(),

@@ -32,7 +32,8 @@
 //!   [`training`] feeds it from a dataset version and tracks the run ([`tracking`], [`mlflow`]).
 //! - [`runner`] executes pipeline files (a DAG of cached, retried steps; [`validate`] checks
 //!   data); [`gate`] evaluates, gates and publishes; [`publish`] writes a version so that a
-//!   polling server never sees half of it. [`cli`] holds the `nereid features|train|pipeline`
+//!   polling server never sees half of it; [`repository`] reads and publishes the same way in
+//!   a local directory or on object storage. [`cli`] holds the `nereid features|train|pipeline`
 //!   commands.
 //! - [`triggers`] decides when to retrain (drift, schedule, new data, live metrics), runs the
 //!   action (a pipeline run in a child process, a webhook, an Airflow DAG run) and records every
@@ -53,6 +54,7 @@ pub mod monitoring;
 pub mod production;
 pub mod profile;
 pub mod publish;
+pub mod repository;
 pub mod runner;
 pub mod storage;
 pub mod store;

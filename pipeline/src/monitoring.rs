@@ -24,6 +24,8 @@ use nereid_protocol::inference::ModelConfig;
 use nereid_protocol::{bytes_elements, DataType, Tensor};
 
 use crate::profile::reference_profile_batch;
+use crate::publish::CONFIG_FILE;
+use crate::repository::ModelRepository;
 use crate::store::{Committed, Derivation, FeatureStore};
 use crate::util::write_atomic;
 
@@ -98,9 +100,9 @@ pub struct ExportArgs {
         default_value = "prediction-log"
     )]
     pub log_dir: PathBuf,
-    /// The model repository (for the version's config and reference.json).
+    /// The model repository, a directory or URL (for the version's config and reference.json).
     #[arg(long, default_value = "model-repo")]
-    pub repository: PathBuf,
+    pub repository: String,
     /// Feature store directory or URL.
     #[arg(long, env = "NEREID_FEATURE_STORE", default_value = "feature-store")]
     pub store: String,
@@ -127,7 +129,7 @@ pub fn run_monitor(cmd: MonitorCommand) -> anyhow::Result<()> {
     match cmd {
         MonitorCommand::Reference(a) => {
             let store = FeatureStore::open_at(&a.store).context("opening the feature store")?;
-            let config = read_model_config(&a.repository, &a.model)?;
+            let config = read_model_config(&ModelRepository::local(&a.repository), &a.model)?;
             let version_dir = a.repository.join(&a.model).join(a.version.to_string());
             if !version_dir.is_dir() {
                 bail!("{} does not exist", version_dir.display());
@@ -168,9 +170,10 @@ pub fn run_monitor(cmd: MonitorCommand) -> anyhow::Result<()> {
             let store =
                 FeatureStore::open_or_create_at(&a.store).context("opening the feature store")?;
             let name = a.name.unwrap_or_else(|| format!("{}-predictions", a.model));
+            let repository = ModelRepository::open(&a.repository)?;
             let (version, exported) = export_serving_log(
                 &store,
-                &a.repository,
+                &repository,
                 &a.log_dir,
                 &a.model,
                 a.version,
@@ -217,7 +220,7 @@ pub fn parse_time(text: &str, now_ms: u64) -> anyhow::Result<u64> {
 #[allow(clippy::too_many_arguments)]
 pub fn export_serving_log(
     store: &FeatureStore,
-    repository: &Path,
+    repository: &ModelRepository,
     log_dir: &Path,
     model: &str,
     version: Option<u64>,
@@ -230,15 +233,10 @@ pub fn export_serving_log(
         None => newest_logged_version(log_dir, model)?,
     };
     let config = read_model_config(repository, model)?;
-    let reference_path = repository
-        .join(model)
-        .join(version.to_string())
-        .join(REFERENCE_FILE);
-    let reference = if reference_path.is_file() {
-        Some(Reference::read(&reference_path)?)
-    } else {
-        None
-    };
+    let reference = repository
+        .version_file(model, version, REFERENCE_FILE)?
+        .map(|path| Reference::read(&path))
+        .transpose()?;
     let exported = export_log(
         store,
         &ExportSpec {
@@ -273,8 +271,10 @@ fn newest_logged_version(log_dir: &Path, model: &str) -> anyhow::Result<u64> {
     })
 }
 
-fn read_model_config(repository: &Path, model: &str) -> anyhow::Result<ModelConfig> {
-    let path = repository.join(model).join("config.pbtxt");
+fn read_model_config(repository: &ModelRepository, model: &str) -> anyhow::Result<ModelConfig> {
+    let path = repository
+        .model_file(model, CONFIG_FILE)?
+        .ok_or_else(|| anyhow::anyhow!("{}/{model} has no {CONFIG_FILE}", repository.describe()))?;
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut config = nereid_protocol::config::parse_pbtxt(&text, &path.display().to_string())
@@ -287,7 +287,7 @@ fn read_model_config(repository: &Path, model: &str) -> anyhow::Result<ModelConf
 
 /// The class labels of a model's outputs that name a `label_filename`.
 pub fn read_labels(
-    repository: &Path,
+    repository: &ModelRepository,
     model: &str,
     config: &ModelConfig,
 ) -> BTreeMap<String, Vec<String>> {
@@ -296,8 +296,8 @@ pub fn read_labels(
         .iter()
         .filter(|o| !o.label_filename.is_empty())
         .filter_map(|o| {
-            let text =
-                std::fs::read_to_string(repository.join(model).join(&o.label_filename)).ok()?;
+            let path = repository.model_file(model, &o.label_filename).ok()??;
+            let text = std::fs::read_to_string(path).ok()?;
             Some((o.name.clone(), text.lines().map(str::to_owned).collect()))
         })
         .collect()

@@ -41,6 +41,9 @@ pub enum PublishError {
     #[error("version folder {} already exists; versions are immutable, publish a new version number", path.display())]
     VersionExists { path: PathBuf },
 
+    #[error("cannot publish {}: not a directory (a version's files are published from a folder)", .0.display())]
+    NotADirectory(PathBuf),
+
     #[error("label {index} ({label:?}) is empty or contains a line break")]
     InvalidLabel { index: usize, label: String },
 
@@ -57,6 +60,20 @@ pub enum PublishError {
     /// Boxed: a training error is large and publishing errors are rare.
     #[error(transparent)]
     Save(Box<TrainError>),
+
+    #[error(transparent)]
+    Location(#[from] crate::location::LocationError),
+
+    #[error("failed to {action} {url}: {source}")]
+    Remote {
+        action: &'static str,
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("no free version of model `{model}`: {attempts} version numbers in a row were taken by other publishers")]
+    NoFreeVersion { model: String, attempts: u32 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
@@ -134,10 +151,7 @@ pub fn publish_directory(
 ) -> Result<(u64, PathBuf), PublishError> {
     check_name(model_name)?;
     if !source.is_dir() {
-        return Err(PublishError::Io {
-            path: source.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-        });
+        return Err(PublishError::NotADirectory(source.to_path_buf()));
     }
     let model_dir = repo.join(model_name);
     fs::create_dir_all(&model_dir).map_err(io_err(&model_dir))?;
@@ -171,10 +185,7 @@ pub fn publish_next_version(
     check_name(model_name)?;
     check_labels(labels)?;
     if !source.is_dir() {
-        return Err(PublishError::Io {
-            path: source.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-        });
+        return Err(PublishError::NotADirectory(source.to_path_buf()));
     }
     let model_dir = repo.join(model_name);
     fs::create_dir_all(&model_dir).map_err(io_err(&model_dir))?;
@@ -213,7 +224,7 @@ pub fn model_versions(repo: &Path, model_name: &str) -> Result<Vec<u64>, Publish
     Ok(versions)
 }
 
-fn check_labels(labels: &[String]) -> Result<(), PublishError> {
+pub(crate) fn check_labels(labels: &[String]) -> Result<(), PublishError> {
     match labels
         .iter()
         .enumerate()
@@ -248,7 +259,7 @@ fn copy_tree(from: &Path, to: &Path, top: bool) -> Result<(), PublishError> {
     sync_path(to)
 }
 
-fn check_name(model_name: &str) -> Result<(), PublishError> {
+pub(crate) fn check_name(model_name: &str) -> Result<(), PublishError> {
     if model_name.is_empty()
         || model_name.starts_with('.')
         || model_name.contains(['/', '\\'])

@@ -51,6 +51,7 @@ use serde_json::Value;
 
 use crate::gate::{self, Evaluation, GateConfig, GateResult, PublishConfig, Published};
 use crate::join::{build_training_set, FeatureView, JoinSpec};
+use crate::repository::ModelRepository;
 use crate::store::{FeatureStore, IngestOptions, SchemaSpec, SourceFormat};
 use crate::tracking::{list_json_ids, CodeRevision, Tracker};
 use crate::training::{train_from_dataset, TrackingOptions, TrainSpec, WEIGHTS_FILE};
@@ -172,8 +173,9 @@ pub struct PipelineFile {
     pub store: String,
     #[serde(default = "default_runs")]
     pub runs: PathBuf,
+    /// Model repository directory or URL (`s3://...`, see [`crate::repository`]).
     #[serde(default = "default_repository")]
-    pub repository: PathBuf,
+    pub repository: String,
     #[serde(default)]
     pub retries: u32,
     #[serde(default = "default_retry_delay")]
@@ -192,7 +194,7 @@ fn default_store() -> String {
 fn default_runs() -> PathBuf {
     "runs".into()
 }
-fn default_repository() -> PathBuf {
+fn default_repository() -> String {
     "model-repo".into()
 }
 fn default_retry_delay() -> u64 {
@@ -541,7 +543,7 @@ impl PipelineRun {
 pub struct RunOptions {
     pub store: Option<String>,
     pub runs: Option<PathBuf>,
-    pub repository: Option<PathBuf>,
+    pub repository: Option<String>,
     pub mlflow_uri: Option<String>,
     /// Ignore cached step outputs (they are still written).
     pub no_cache: bool,
@@ -703,7 +705,7 @@ struct Context<'a> {
     pipeline: &'a Pipeline,
     store: FeatureStore,
     runs: PathBuf,
-    repository: PathBuf,
+    repository: ModelRepository,
     mlflow_uri: Option<String>,
     code: CodeRevision,
     code_dir: PathBuf,
@@ -853,7 +855,7 @@ impl Context<'_> {
                 let model = decl.model.as_deref().unwrap_or_default();
                 serde_json::json!({
                     "model": model,
-                    "repository": self.repository,
+                    "repository": self.repository.describe(),
                     "log": log_listing(&p.log_dir.join(model))?,
                     "since": production_since(p.since.as_deref())?,
                 })
@@ -862,10 +864,10 @@ impl Context<'_> {
                 let (_, sha) = model_input(inputs)?;
                 let model = decl.model.as_deref().unwrap_or_default();
                 let baseline = gate::current_baseline(&self.repository, model, &sha)?;
-                serde_json::json!({ "repository": self.repository, "model": model, "baseline": baseline })
+                serde_json::json!({ "repository": self.repository.describe(), "model": model, "baseline": baseline })
             }
             Params::Publish(_) => {
-                serde_json::json!({ "repository": self.repository, "model": decl.model })
+                serde_json::json!({ "repository": self.repository.describe(), "model": decl.model })
             }
             Params::Validate(_) | Params::Train(_) | Params::Gate(_) => Value::Null,
         })
@@ -883,8 +885,8 @@ impl Context<'_> {
             StepOutput::Evaluation(_) | StepOutput::Gate(_) => true,
             StepOutput::Publish { published, .. } => match published {
                 None => true,
-                Some(p) => sha256_file(&p.path.join(crate::publish::MODEL_FILE))
-                    .is_ok_and(|(s, _)| s == p.weights_sha256),
+                Some(p) => gate::published_weights_sha256(&self.repository, &p.model, p.version)
+                    .is_ok_and(|sha| sha.as_deref() == Some(p.weights_sha256.as_str())),
             },
         }
     }
@@ -1149,6 +1151,10 @@ pub fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Pipelin
         .repository
         .clone()
         .unwrap_or_else(|| decl.repository.clone());
+    let repository = ModelRepository::open(&repository).map_err(|e| RunnerError::Invalid {
+        path: pipeline.file.clone(),
+        message: format!("model repository {repository}: {e}"),
+    })?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RunnerError::Io { path, source }

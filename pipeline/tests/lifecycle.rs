@@ -48,6 +48,9 @@ fn write_iris_csv(path: &Path) {
 struct Workspace {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
+    /// Pipelines name the repository by its `file://` URL, so that they publish through the
+    /// object-store code (marker, uploads) into the same folder.
+    remote_repository: bool,
 }
 
 impl Workspace {
@@ -55,7 +58,20 @@ impl Workspace {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         write_iris_csv(&dir.join("iris.csv"));
-        Workspace { _tmp: tmp, dir }
+        Workspace {
+            _tmp: tmp,
+            dir,
+            remote_repository: false,
+        }
+    }
+
+    fn repository(&self) -> String {
+        let path = self.path("repo").display().to_string();
+        if self.remote_repository {
+            format!("file://{path}")
+        } else {
+            path
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -68,7 +84,7 @@ impl Workspace {
             "name = \"{name}\"\nmodel = \"iris\"\nstore = {:?}\nruns = {:?}\nrepository = {:?}\n",
             self.path("store"),
             self.path("runs"),
-            self.path("repo"),
+            self.repository(),
         );
         let path = self.path(&format!("{name}.toml"));
         std::fs::write(&path, format!("{head}{body}")).expect("write pipeline");
@@ -233,7 +249,21 @@ fn same_pipeline_twice_gives_identical_weights_and_a_full_cache_hit() {
 
 #[test]
 fn the_gate_publishes_only_a_better_candidate_with_reference_and_lineage() {
-    let ws = Workspace::new();
+    gate_and_publish(Workspace::new());
+}
+
+/// The same into a repository on object storage (a `file://` URL): the baseline and the serving
+/// config are read from it, the version is uploaded under the publisher's marker, and what lands
+/// is exactly what a local publish writes.
+#[test]
+fn the_gate_publishes_into_a_remote_repository() {
+    gate_and_publish(Workspace {
+        remote_repository: true,
+        ..Workspace::new()
+    });
+}
+
+fn gate_and_publish(ws: Workspace) {
     let weak = "epochs = 1\nlearning_rate = 0.001\npatience = 1\nseed = 3";
     let strong = "hidden = [16]\nepochs = 300\nlearning_rate = 0.02\npatience = 50\nseed = 3";
 
@@ -284,6 +314,12 @@ fn the_gate_publishes_only_a_better_candidate_with_reference_and_lineage() {
     };
     assert!(gate.passed, "{gate:?}");
     assert_eq!(gate.baseline_version, Some(1));
+    match run.step("publish").and_then(|s| s.output.clone()) {
+        Some(StepOutput::Publish {
+            published: Some(p), ..
+        }) => assert_eq!(p.location, format!("{}/iris/2", ws.repository())),
+        other => panic!("publish output {other:?}"),
+    }
     let text = std::fs::read_to_string(&config_path).expect("config");
     let published = nereid_protocol::config::parse_pbtxt(&text, "published").expect("parses");
     assert_eq!(published.instance_group.len(), 1);
@@ -882,7 +918,7 @@ fn the_iris_pipeline_reproduces_the_default_repository_model() {
     let options = RunOptions {
         store: Some(ws.path("store").display().to_string()),
         runs: Some(ws.path("runs")),
-        repository: Some(ws.path("repo")),
+        repository: Some(ws.path("repo").display().to_string()),
         quiet: true,
         ..RunOptions::default()
     };

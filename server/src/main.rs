@@ -55,11 +55,13 @@ enum Command {
 enum RepoCommand {
     /// Publish a folder as the next version of a model, atomically: it is written under a
     /// hidden staging name, fsynced, then renamed into place, so a polling server never loads
-    /// it half-written. A config.pbtxt at the top of the folder replaces the model's config.
+    /// it half-written (in an object store, the version folder carries a marker object until
+    /// its last file is uploaded). A config.pbtxt at the top of the folder replaces the model's
+    /// config.
     Publish {
-        /// The model repository.
+        /// The model repository: a directory, or s3://, gs://, az://, file:// URL.
         #[arg(long)]
-        repository: PathBuf,
+        repository: String,
         /// The model to publish a version of (created if new).
         #[arg(long)]
         model: String,
@@ -299,13 +301,14 @@ fn main() -> ExitCode {
                 model,
                 from,
             }) => {
-                let (version, folder) =
-                    nereid_pipeline::publish_directory(&repository, &model, &from)?;
-                println!(
-                    "published {model} version {version} at {}",
-                    folder.display()
-                );
-                Ok(())
+                blocking(move || {
+                    let repository =
+                        nereid_pipeline::repository::ModelRepository::open(&repository)?;
+                    let (version, at) = repository.publish_directory(&model, &from)?;
+                    println!("published {model} version {version} at {at}");
+                    Ok(())
+                })
+                .await
             }
             Command::Repo(RepoCommand::Validate { repository }) => validate(repository).await,
             Command::Infer(args) => nereid_client::cli::run_infer(args).await,

@@ -27,6 +27,10 @@
 //! - Replacing an existing version folder whose contents changed takes two renames (old out, new
 //!   in); a scan that falls between them sees that version missing for that instant. Published
 //!   versions are normally immutable (new weights go in a new version), so this is rare.
+//! - A version folder that holds a publisher's marker (`<model>/<version>/.nereid-publishing`,
+//!   see [`nereid_pipeline::repository`]) is still being uploaded: the cache keeps it as it was
+//!   (absent, or the files it had) until the marker is gone, and a model whose only folder is
+//!   such a one is not added yet.
 //!
 //! Leftover hidden `.sync-*` entries (from a crash or a cancelled sync) are ignored by the loader
 //! (hidden names, non-numeric version names) and deleted by the next sync.
@@ -58,6 +62,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use nereid_pipeline::location::{Location, LocationError, ObjectLocation, SCHEMES};
+use nereid_pipeline::repository::PUBLISHING_MARKER;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
@@ -197,6 +202,8 @@ pub struct SyncSummary {
     pub unchanged: usize,
     /// Keys left out: hidden or unsafe names, directory markers.
     pub skipped: usize,
+    /// Version folders left as they were because a publisher is still writing them.
+    pub being_published: usize,
 }
 
 impl SyncSummary {
@@ -210,8 +217,8 @@ impl fmt::Display for SyncSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "downloaded {} objects ({} bytes), removed {} files, {} unchanged, {} keys skipped",
-            self.downloaded, self.bytes, self.removed, self.unchanged, self.skipped
+            "downloaded {} objects ({} bytes), removed {} files, {} unchanged, {} keys skipped, {} versions being published",
+            self.downloaded, self.bytes, self.removed, self.unchanged, self.skipped, self.being_published
         )
     }
 }
@@ -306,12 +313,19 @@ impl RemoteRepository {
         }
         let mut summary = SyncSummary {
             skipped: layout.skipped,
+            being_published: layout
+                .models
+                .values()
+                .map(|m| m.being_published.len())
+                .sum(),
             ..SyncSummary::default()
         };
         let applied = self.apply(&layout, &local, &mut summary).await;
         if applied.is_ok() {
             let wanted = layout.keys();
-            self.mirrored_mut().retain(|key, _| wanted.contains(key));
+            // What the cache has of a folder being published stays, fingerprints included.
+            self.mirrored_mut()
+                .retain(|key, _| wanted.contains(key) || layout.is_being_published(key));
         }
         let saved = self.save_manifest().await;
         applied?;
@@ -360,6 +374,8 @@ impl RemoteRepository {
     ) -> Result<(), RemoteError> {
         for (model, remote) in &layout.models {
             match local.models.get(model) {
+                // Only a first version under way: the model appears with it.
+                None if remote.files.is_empty() && remote.folders.is_empty() => {}
                 None => self.add_model(model, remote, summary).await?,
                 Some(local_model) => {
                     self.update_model(model, remote, local_model, summary)
@@ -446,7 +462,7 @@ impl RemoteRepository {
         }
         let model_dir = self.cache_dir.join(model);
         for (folder, local_folder) in &local.folders {
-            if remote.folders.contains_key(folder) {
+            if remote.folders.contains_key(folder) || remote.being_published.contains(folder) {
                 continue;
             }
             summary.removed += local_folder.files.len();
@@ -750,6 +766,9 @@ struct RemoteModel {
     files: BTreeMap<String, ObjectMeta>,
     /// Folders (versions), each with its files by path relative to the folder.
     folders: BTreeMap<String, BTreeMap<String, ObjectMeta>>,
+    /// Folders that hold a publisher's marker ([`PUBLISHING_MARKER`]): not complete yet, so
+    /// left as the cache has them (absent, or the version it already serves).
+    being_published: BTreeSet<String>,
 }
 
 impl RemoteModel {
@@ -773,6 +792,13 @@ impl Layout {
                 .location
                 .prefix_match(prefix)
                 .map(|parts| parts.map(|part| part.as_ref().to_string()).collect());
+            if let Some([model, folder, marker]) = parts.as_deref() {
+                if marker == PUBLISHING_MARKER && is_safe_name(model) && is_safe_name(folder) {
+                    let model = layout.models.entry(model.clone()).or_default();
+                    model.being_published.insert(folder.clone());
+                    continue;
+                }
+            }
             match parts {
                 Some(parts) if !parts.is_empty() && parts.iter().all(|p| is_safe_name(p)) => {
                     entries.push((parts, meta));
@@ -811,7 +837,27 @@ impl Layout {
                 [] => unreachable!("empty keys were skipped above. This is a bug."),
             }
         }
+        for model in layout.models.values_mut() {
+            let RemoteModel {
+                folders,
+                being_published,
+                ..
+            } = model;
+            folders.retain(|folder, _| !being_published.contains(folder));
+        }
         layout
+    }
+
+    /// Whether the cache-relative `key` is in a version folder that is being published.
+    fn is_being_published(&self, key: &str) -> bool {
+        let mut parts = key.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(model), Some(folder), Some(_)) => self
+                .models
+                .get(model)
+                .is_some_and(|m| m.being_published.contains(folder)),
+            _ => false,
+        }
     }
 
     /// Every cache-relative file path.
@@ -1318,6 +1364,48 @@ mod tests {
         put(&store, "models/beta/config.pbtxt", "name: \"beta\" # v2").await;
         let summary = repo.sync().await.expect("resync");
         assert_eq!((summary.downloaded, summary.removed), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn versions_being_published_are_left_as_they_were() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = populated("models").await;
+        let mut repo = repository(store.clone(), "models", dir.path());
+        repo.sync().await.expect("sync");
+        let marker = |folder: &str| format!("models/{folder}/{PUBLISHING_MARKER}");
+
+        // A new version half uploaded, a served version that a publisher is checking (its
+        // reservation found files there), and a new model whose first version is under way.
+        put(&store, "models/alpha/3/model.safetensors", "three, half").await;
+        put(&store, &marker("alpha/3"), "{}").await;
+        put(&store, &marker("alpha/2"), "{}").await;
+        store
+            .delete(&ObjectPath::from("models/alpha/2/sub/extra.json"))
+            .await
+            .expect("delete");
+        put(&store, "models/gamma/1/model.safetensors", "gamma").await;
+        put(&store, &marker("gamma/1"), "{}").await;
+        let summary = repo.sync().await.expect("sync during publish");
+        assert_eq!(files(repo.cache_dir()), expected(REPO));
+        assert_eq!((summary.downloaded, summary.removed), (0, 0));
+        assert_eq!(summary.being_published, 3);
+
+        // The markers go: each folder is mirrored as it is now, the served one unchanged in
+        // what it still has (nothing downloaded again).
+        for folder in ["alpha/3", "alpha/2", "gamma/1"] {
+            store
+                .delete(&ObjectPath::from(marker(folder)))
+                .await
+                .expect("delete marker");
+        }
+        let summary = repo.sync().await.expect("sync after publish");
+        let mut want = expected(REPO);
+        want.remove("alpha/2/sub/extra.json");
+        want.insert("alpha/3/model.safetensors".into(), "three, half".into());
+        want.insert("gamma/1/model.safetensors".into(), "gamma".into());
+        assert_eq!(files(repo.cache_dir()), want);
+        assert_eq!((summary.downloaded, summary.removed), (2, 1));
+        assert_eq!(summary.being_published, 0);
     }
 
     #[tokio::test]

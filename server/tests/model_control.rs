@@ -791,3 +791,101 @@ async fn a_publisher_tells_restricted_explicit_servers_and_waits_on_polling_ones
     );
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// Publishing into a remote repository (`file://` here, through the same object-store code as
+/// S3's) that a polling server follows: every published version is served with traffic running
+/// and no request fails, and a version whose upload has not finished (its folder still holds
+/// the publisher's marker) is not loaded, even by the polls that load a new model next to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_publishes_under_traffic_never_expose_a_half_uploaded_version() {
+    use nereid_pipeline::repository::{ModelRepository, PUBLISHING_MARKER};
+    let repo = Repo::new();
+    let root = repo.path();
+    let url = format!("file://{}", root.display());
+    let cfg = ServeConfig {
+        model_control_mode: ControlMode::Poll,
+        repository_poll: Duration::from_millis(30),
+        ..ServeConfig::for_tests(&url)
+    };
+    let server = Arc::new(TestServer::start_with(cfg, Some(repo)).await);
+    let (ready, stop) = (
+        Arc::new(AtomicU64::new(1)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let load = tokio::spawn(traffic(server.clone(), 4, ready.clone(), stop.clone()));
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("README"), "identity").unwrap();
+    let publish = |model: &'static str, source: std::path::PathBuf| {
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                ModelRepository::open(&url)
+                    .and_then(|r| r.publish_directory(model, &source))
+                    .expect("remote publish")
+            })
+            .await
+            .expect("publisher thread")
+        }
+    };
+    let served = async |model: &str| {
+        server.get(&format!("/v2/models/{model}")).await.json()["versions"].clone()
+    };
+
+    let mut latest = 1;
+    for _ in 0..5 {
+        let (version, at) = publish("identity_fp32", source.path().to_path_buf()).await;
+        assert_eq!(at, format!("{url}/identity_fp32/{version}"));
+        let expected = json!([version.to_string()]);
+        eventually("the published version serves", async || {
+            served("identity_fp32").await == expected
+        })
+        .await;
+        ready.store(version, Ordering::SeqCst);
+        latest = version;
+    }
+
+    // A publisher stalled halfway through the next version.
+    let stalled = root.join("identity_fp32").join((latest + 1).to_string());
+    std::fs::create_dir_all(&stalled).unwrap();
+    std::fs::write(stalled.join(PUBLISHING_MARKER), "{}").unwrap();
+    std::fs::write(stalled.join("README"), "ident").unwrap();
+    // Meanwhile a new model's first version, with its config, lands completely.
+    let bytes_source = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(MODEL_REPO).join("identity_bytes/config.pbtxt"),
+        bytes_source.path().join("config.pbtxt"),
+    )
+    .unwrap();
+    std::fs::write(bytes_source.path().join("README"), "identity").unwrap();
+    let (bytes_version, _) = publish("identity_bytes", bytes_source.path().to_path_buf()).await;
+    assert_eq!(bytes_version, 1);
+    eventually("the new model serves", async || {
+        served("identity_bytes").await == json!(["1"])
+    })
+    .await;
+    assert_eq!(
+        served("identity_fp32").await,
+        json!([latest.to_string()]),
+        "a version folder under upload was loaded"
+    );
+    // The upload completes.
+    std::fs::write(stalled.join("README"), "identity").unwrap();
+    std::fs::remove_file(stalled.join(PUBLISHING_MARKER)).unwrap();
+    let expected = json!([(latest + 1).to_string()]);
+    eventually("the completed version serves", async || {
+        served("identity_fp32").await == expected
+    })
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    let sent = load.await.expect("traffic");
+    assert!(
+        sent > 5,
+        "traffic ran during the publishes ({sent} requests)"
+    );
+    Arc::into_inner(server)
+        .expect("sole owner")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+}
