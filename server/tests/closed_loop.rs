@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, iris, iris_with, Picker, TestServer, EVERY_REQUEST};
+use common::{copy_dir, iris, iris_with, wait_for, Picker, TestServer, EVERY_REQUEST};
 use nereid_pipeline::triggers::TriggerSettings;
 use nereid_server::{ControlMode, ServeConfig};
 use serde_json::{json, Value};
@@ -61,17 +61,6 @@ async fn traffic(
                 &json!({"feedback": [{"id": id, "truth": truth}]}),
             )
             .await;
-    }
-}
-
-async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

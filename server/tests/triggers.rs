@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -90,15 +90,8 @@ impl Receiver {
 }
 
 /// Polls `check` until it returns `Some`, for at most 60 s.
-async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    common::wait_for(what, Duration::from_secs(60), check).await
 }
 
 fn settings(dir: &Path) -> TriggerSettings {
@@ -406,15 +399,6 @@ async fn new_data_starts_a_pipeline_run_in_a_child_process_and_a_bad_file_keeps_
     server.shutdown().await.expect("clean shutdown");
 }
 
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn airflow_and_failing_webhooks_from_the_binary_with_credentials_from_the_environment() {
     let airflow = Receiver::start(200).await;
@@ -492,7 +476,7 @@ action = {{ kind = "webhook", url = "http://{broken}/hook", token_env = "TEST_HO
         .stdout(Stdio::null())
         .spawn()
         .expect("serve");
-    let _served = Served(child);
+    let _served = common::ChildGuard(child);
     let http = wait_for("the port file", async || {
         let doc: Value = serde_json::from_slice(&std::fs::read(&ports).ok()?).ok()?;
         doc["http"].as_u64()

@@ -70,6 +70,12 @@ pub const CHROMIUM: Suite = Suite {
     title: "drift page in headless Chromium",
     kind: Kind::Tool,
 };
+/// Model repositories on S3, against moto's S3 server (Python).
+pub const S3: Suite = Suite {
+    id: "s3",
+    title: "S3 model repository tests",
+    kind: Kind::Tool,
+};
 /// Anything that needs a CUDA GPU.
 pub const GPU: Suite = Suite {
     id: "gpu",

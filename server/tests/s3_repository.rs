@@ -1,0 +1,273 @@
+//! A model repository on S3, end to end through the real S3 client (object_store's, signed
+//! requests, conditional puts with `If-None-Match: *`), against moto's S3 server on loopback:
+//! `nereid repo publish --repository s3://...` publishes, racing publishers get distinct
+//! versions, and `nereid serve --model-repository s3://...` in poll mode serves each complete
+//! version and never one whose upload is still under way. The server and the publishers are
+//! the `nereid` binary, configured only by the provider's environment variables, as users run it.
+//!
+//! moto comes from PyPI (server/ci/moto-venv.sh); where it cannot be installed the test skips,
+//! or fails where the suite is required (CI; see nereid-testkit).
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_for, ChildGuard, MODEL_REPO};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use serde_json::{json, Value};
+
+const NEREID: &str = env!("CARGO_BIN_EXE_nereid");
+const BUCKET: &str = "nereid-models";
+const MARKER: &str = nereid_pipeline::repository::PUBLISHING_MARKER;
+
+/// moto's S3 server on a free loopback port; killed on drop.
+struct Moto {
+    endpoint: String,
+    _child: ChildGuard,
+}
+
+impl Moto {
+    /// Starts it and waits for the line that names its port.
+    fn start(moto_server: &str) -> Moto {
+        let mut child = Command::new(moto_server)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moto_server starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let child = ChildGuard(child);
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        // Werkzeug logs every request to stderr: keep draining it so moto never blocks.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    let _ = port_tx.send(port);
+                }
+            }
+        });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moto_server names its port");
+        Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _child: child,
+        }
+    }
+
+    /// What `nereid` needs to reach it: the S3 client's standard variables.
+    fn env(&self) -> [(&'static str, String); 5] {
+        [
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// A client of its bucket, for what the test does behind the publishers' backs.
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(&self.endpoint)
+                .with_allow_http(true)
+                .with_bucket_name(BUCKET)
+                .with_access_key_id("test")
+                .with_secret_access_key("test")
+                .with_region("us-east-1")
+                .build()
+                .expect("S3 client"),
+        )
+    }
+}
+
+/// `nereid repo publish` into the bucket, with the S3 settings in `env`: the version it reports.
+fn publish(env: &[(&'static str, String)], model: &str, from: &Path) -> u64 {
+    let out = Command::new(NEREID)
+        .args(["repo", "publish", "--model", model, "--repository"])
+        .arg(format!("s3://{BUCKET}/repo"))
+        .arg("--from")
+        .arg(from)
+        .envs(env.iter().cloned())
+        .env("NEREID_LOG", "warn")
+        .output()
+        .expect("nereid runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "publish failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("published {model} version ");
+    stdout
+        .trim()
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {stdout}"))
+}
+
+/// A folder to publish: `README`, plus the model's checked-in config when `with_config`.
+fn version_source(model: &str, with_config: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("README"), model).expect("README");
+    if with_config {
+        std::fs::copy(
+            Path::new(MODEL_REPO).join(model).join("config.pbtxt"),
+            dir.path().join("config.pbtxt"),
+        )
+        .expect("config");
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_repository_publish_race_and_serve() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/moto-venv.sh");
+    let moto_server = match nereid_testkit::run_installer(Path::new(script)) {
+        Ok(path) => path,
+        Err(reason) => {
+            nereid_testkit::skip(&nereid_testkit::S3, reason);
+            return;
+        }
+    };
+    let moto = Moto::start(&moto_server);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let created = client
+        .put(format!("{}/{BUCKET}", moto.endpoint))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(created.status().is_success(), "{created:?}");
+
+    // A first version, then four publishers at once: five distinct versions.
+    let source = version_source("identity_fp32", true);
+    assert_eq!(publish(&moto.env(), "identity_fp32", source.path()), 1);
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let (env, from) = (moto.env(), source.path().to_path_buf());
+            std::thread::spawn(move || publish(&env, "identity_fp32", &from))
+        })
+        .collect();
+    let mut versions: Vec<u64> = racers
+        .into_iter()
+        .map(|r| r.join().expect("publisher"))
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [2, 3, 4, 5], "racing publishers shared a version");
+    let store = moto.store();
+    let keys: Vec<String> = {
+        use futures_util::TryStreamExt as _;
+        store
+            .list(Some(&ObjectPath::from("repo")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .expect("list")
+    };
+    assert!(
+        keys.iter().all(|k| !k.contains(MARKER)),
+        "a marker was left behind: {keys:?}"
+    );
+
+    // The server follows the bucket.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = dir.path().join("ports.json");
+    let child = Command::new(NEREID)
+        .args(["serve", "--model-repository"])
+        .arg(format!("s3://{BUCKET}/repo"))
+        .args([
+            "--model-control-mode",
+            "poll",
+            "--repository-poll-secs",
+            "1",
+        ])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
+        .args(["--metrics-port", "0", "--port-file"])
+        .arg(&ports)
+        .arg("--prediction-log-dir")
+        .arg(dir.path().join("log"))
+        .envs(moto.env())
+        .env("NEREID_LOG", "warn")
+        .env("TMPDIR", dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let _server = ChildGuard(child);
+    let http = wait_for("the port file", Duration::from_secs(60), async || {
+        let doc: Value = serde_json::from_slice(&std::fs::read(&ports).ok()?).ok()?;
+        doc["http"].as_u64()
+    })
+    .await;
+    let served = async |model: &str| -> Value {
+        let url = format!("http://127.0.0.1:{http}/v2/models/{model}");
+        match client.get(url).send().await {
+            Ok(r) => r.json::<Value>().await.unwrap_or_default()["versions"].clone(),
+            Err(_) => Value::Null,
+        }
+    };
+    let limit = Duration::from_secs(60);
+    wait_for("version 5 to serve", limit, async || {
+        (served("identity_fp32").await == json!(["5"])).then_some(())
+    })
+    .await;
+
+    // A publisher stalls halfway through version 6; a new model lands completely meanwhile.
+    for (key, body) in [
+        ("identity_fp32/6/README", "iden"),
+        (&*format!("identity_fp32/6/{MARKER}"), "{}"),
+    ] {
+        store
+            .put(
+                &ObjectPath::from(format!("repo/{key}")),
+                PutPayload::from(body.to_string()),
+            )
+            .await
+            .expect("put");
+    }
+    let bytes = version_source("identity_bytes", true);
+    assert_eq!(publish(&moto.env(), "identity_bytes", bytes.path()), 1);
+    wait_for("the new model to serve", limit, async || {
+        (served("identity_bytes").await == json!(["1"])).then_some(())
+    })
+    .await;
+    assert_eq!(
+        served("identity_fp32").await,
+        json!(["5"]),
+        "a version under upload was loaded"
+    );
+    // The upload finishes.
+    store
+        .put(
+            &ObjectPath::from("repo/identity_fp32/6/README"),
+            PutPayload::from("identity_fp32"),
+        )
+        .await
+        .expect("put");
+    store
+        .delete(&ObjectPath::from(format!("repo/identity_fp32/6/{MARKER}")))
+        .await
+        .expect("delete marker");
+    wait_for("version 6 to serve", limit, async || {
+        (served("identity_fp32").await == json!(["6"])).then_some(())
+    })
+    .await;
+}
