@@ -376,7 +376,7 @@ impl ModelRegistry {
             let dir = self.write_override_files(name, &overrides.files)?;
             (dir.clone(), Some(dir))
         };
-        if !dir.join("config.pbtxt").is_file() && overrides.config.is_none() {
+        if !repository::has_model(&dir) && overrides.config.is_none() {
             return Err(Error::internal(format!(
                 "failed to load '{name}', failed to poll from model repository"
             )));

@@ -142,6 +142,23 @@ pub fn read_model_with(
         }
     };
     source.versions = select_versions(&config, &available);
+    let mut config = config;
+    if crate::backend::onnx::is_onnx(&config) {
+        // Completed from, and checked against, the newest version's graph (as Triton does).
+        if let Some(newest) = source.versions.last() {
+            let file = path
+                .join(newest.to_string())
+                .join(crate::backend::onnx::model_file(&config));
+            let completed = crate::backend::onnx::GraphIo::read(&file)
+                .and_then(|io| crate::backend::onnx::autocomplete(&mut config, &io));
+            if let Err(reason) = completed {
+                source.config = Err(format!(
+                    "failed to load model '{name}' version {newest}: {reason}"
+                ));
+                return source;
+            }
+        }
+    }
     source.version_fingerprints = source
         .versions
         .iter()
@@ -170,8 +187,27 @@ fn check_override(name: &str, mut config: ModelConfig) -> Result<ModelConfig, St
     Ok(config)
 }
 
+/// Whether `path` holds a model: a `config.pbtxt`, or a version folder with an ONNX model
+/// (whose config is completed from its graph).
+pub fn has_model(path: &Path) -> bool {
+    path.join("config.pbtxt").is_file() || has_onnx_version(path)
+}
+
+fn has_onnx_version(path: &Path) -> bool {
+    version_folders(path).is_ok_and(|versions| {
+        versions.iter().any(|v| {
+            path.join(v.to_string())
+                .join(crate::backend::onnx::DEFAULT_MODEL_FILE)
+                .is_file()
+        })
+    })
+}
+
 fn load_config(name: &str, path: &Path) -> Result<ModelConfig, String> {
     let file = path.join("config.pbtxt");
+    if !file.exists() && has_onnx_version(path) {
+        return Ok(crate::backend::onnx::bare_config(name));
+    }
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("failed to read {}: {e}", file.display()))?;
     let mut config =

@@ -76,6 +76,12 @@ pub const S3: Suite = Suite {
     title: "S3 model repository tests",
     kind: Kind::Tool,
 };
+/// ONNX models served through ONNX Runtime's library from its PyPI wheel (Python).
+pub const ONNX_RUNTIME: Suite = Suite {
+    id: "onnxruntime",
+    title: "ONNX Runtime backend tests",
+    kind: Kind::Tool,
+};
 /// Anything that needs a CUDA GPU.
 pub const GPU: Suite = Suite {
     id: "gpu",

@@ -9,14 +9,16 @@
 //! CPU; `KIND_GPU` on the listed GPUs (`count` instances on each; GPU 0 when none is listed),
 //! where a `candle` model runs on the `cuda` backend and a machine without a usable GPU fails
 //! the load with a message saying why; `KIND_AUTO` (the default) on a GPU when one is usable,
-//! else on the CPU. The other backends have no GPU implementation and run on the CPU whatever
-//! the kind.
+//! else on the CPU. An `onnxruntime` model runs on ONNX Runtime's CUDA execution provider for
+//! `KIND_GPU` (required) and `KIND_AUTO` (when usable). The other backends have no GPU
+//! implementation and run on the CPU whatever the kind.
 
 mod argmax;
 mod candle;
 mod concat;
 mod cuda;
 mod identity;
+pub mod onnx;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,7 +73,7 @@ impl LoadContext {
     }
 }
 
-pub const BACKENDS: [&str; 4] = ["identity", "candle", "concat", "argmax"];
+pub const BACKENDS: [&str; 5] = ["identity", "candle", "onnxruntime", "concat", "argmax"];
 
 /// Where one instance runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +134,7 @@ pub fn create(ctx: &LoadContext, placement: Placement) -> Result<Box<dyn Backend
     match ctx.config.backend.as_str() {
         "identity" => Ok(Box::new(identity::Identity::new(ctx)?)),
         "candle" => create_dense(ctx, placement),
+        "onnxruntime" => Ok(Box::new(onnx::OnnxBackend::new(ctx, placement)?)),
         "concat" => Ok(Box::new(concat::Concat::new(ctx)?)),
         "argmax" => Ok(Box::new(argmax::Argmax::new(ctx)?)),
         other => {

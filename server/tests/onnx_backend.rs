@@ -1,0 +1,396 @@
+//! ONNX models served through ONNX Runtime (the `onnxruntime` backend), by the `nereid` binary
+//! as users run it: models built with the `onnx` package's graph helpers
+//! (tests/onnx/make_models.py), outputs compared with what ONNX Runtime gives in Python for the
+//! same inputs, every datatype through gRPC's raw contents, auto-complete, dynamic batching, and
+//! broken models that fail to load (or one request) with a clear reason while the rest serve.
+//!
+//! ONNX Runtime and `onnx` come from PyPI (server/ci/onnx-venv.sh); where they cannot be
+//! installed the test skips, or fails where the suite is required (CI; see nereid-testkit).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{wait_for, ChildGuard};
+use nereid_protocol::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use nereid_protocol::inference::model_infer_request::InferInputTensor;
+use nereid_protocol::inference::ModelInferRequest;
+use serde_json::{json, Value};
+
+const NEREID: &str = env!("CARGO_BIN_EXE_nereid");
+
+/// Every model make_models.py writes, and whether it must load.
+const MODELS: &[(&str, bool)] = &[
+    ("bad_reshape", false),
+    ("double", true),
+    ("future_opset", false),
+    ("linear_classifier", true),
+    ("lookup", true),
+    ("lower", true),
+    ("not_onnx", false),
+    ("sum_rows", true),
+    ("truncated", false),
+    ("types", true),
+    ("wrong_input", false),
+];
+
+struct Served {
+    http: String,
+    grpc: String,
+    _child: ChildGuard,
+}
+
+/// `nereid serve` over `repo` with ONNX Runtime's library at `library`.
+async fn serve(repo: &Path, library: &str, scratch: &Path) -> Served {
+    let ports = scratch.join("ports.json");
+    let child = Command::new(NEREID)
+        .args(["serve", "--model-repository"])
+        .arg(repo)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
+        .args([
+            "--metrics-port",
+            "0",
+            "--strict-readiness",
+            "false",
+            "--port-file",
+        ])
+        .arg(&ports)
+        .arg("--prediction-log-dir")
+        .arg(scratch.join("log"))
+        .env("NEREID_ONNXRUNTIME_LIB", library)
+        .env("NEREID_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let child = ChildGuard(child);
+    let doc = wait_for("the port file", Duration::from_secs(60), async || {
+        serde_json::from_slice::<Value>(&std::fs::read(&ports).ok()?).ok()
+    })
+    .await;
+    Served {
+        http: format!("http://127.0.0.1:{}", doc["http"]),
+        grpc: format!("http://127.0.0.1:{}", doc["grpc"]),
+        _child: child,
+    }
+}
+
+/// The repository index once every model has settled (ready or failed), by name.
+async fn settled_index(client: &reqwest::Client, http: &str) -> serde_json::Map<String, Value> {
+    wait_for(
+        "every model to load or fail",
+        Duration::from_secs(120),
+        async || {
+            let rows: Value = client
+                .post(format!("{http}/v2/repository/index"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let rows = rows.as_array()?;
+            let settled = rows.len() == MODELS.len()
+                && rows
+                    .iter()
+                    .all(|r| r["state"] == "READY" || r["state"] == "UNAVAILABLE");
+            settled.then(|| {
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r["name"].as_str().unwrap_or_default().to_string(),
+                            r.clone(),
+                        )
+                    })
+                    .collect()
+            })
+        },
+    )
+    .await
+}
+
+/// Outputs equal to ONNX Runtime's in Python: integers and strings exactly, floating point
+/// within 1e-6 relative (the same library computes both, so they normally agree bit for bit).
+fn assert_same_outputs(model: &str, got: &Value, want: &Value) {
+    let got = got["outputs"].as_array().expect("outputs");
+    for expected in want.as_array().expect("expected outputs") {
+        let output = got
+            .iter()
+            .find(|o| o["name"] == expected["name"])
+            .unwrap_or_else(|| panic!("{model}: no output {}", expected["name"]));
+        assert_eq!(output["datatype"], expected["datatype"], "{model}");
+        assert_eq!(output["shape"], expected["shape"], "{model}");
+        let (a, b) = (
+            output["data"].as_array().expect("data"),
+            expected["data"].as_array().expect("data"),
+        );
+        assert_eq!(a.len(), b.len(), "{model}");
+        for (x, y) in a.iter().zip(b) {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y))
+                    if expected["datatype"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("FP")) =>
+                {
+                    let tolerance = 1e-6 * y.abs().max(1e-30);
+                    assert!((x - y).abs() <= tolerance, "{model}: {x} vs {y}");
+                }
+                _ => assert_eq!(x, y, "{model}"),
+            }
+        }
+    }
+}
+
+/// Little-endian bytes of a 2x2 tensor of `datatype` holding 0, 1, 2, 3 (BYTES: "s0".."s3",
+/// length-prefixed; BOOL: alternating).
+fn raw_values(datatype: &str) -> Vec<u8> {
+    let ints = 0..4u8;
+    match datatype {
+        "BOOL" => vec![0, 1, 0, 1],
+        "UINT8" | "INT8" => ints.collect(),
+        "UINT16" | "INT16" => ints.flat_map(|v| u16::from(v).to_le_bytes()).collect(),
+        "UINT32" | "INT32" => ints.flat_map(|v| u32::from(v).to_le_bytes()).collect(),
+        "UINT64" | "INT64" => ints.flat_map(|v| u64::from(v).to_le_bytes()).collect(),
+        "FP16" => ints
+            .flat_map(|v| half::f16::from_f32(f32::from(v) / 2.0).to_le_bytes())
+            .collect(),
+        "BF16" => ints
+            .flat_map(|v| half::bf16::from_f32(f32::from(v) / 2.0).to_le_bytes())
+            .collect(),
+        "FP32" => ints
+            .flat_map(|v| (f32::from(v) / 2.0).to_le_bytes())
+            .collect(),
+        "FP64" => ints
+            .flat_map(|v| (f64::from(v) / 2.0).to_le_bytes())
+            .collect(),
+        "BYTES" => ints
+            .flat_map(|v| {
+                let s = format!("s{v}");
+                let mut e = (s.len() as u32).to_le_bytes().to_vec();
+                e.extend_from_slice(s.as_bytes());
+                e
+            })
+            .collect(),
+        other => panic!("no test values for {other}"),
+    }
+}
+
+const TYPES: [&str; 14] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "BF16", "FP32", "FP64", "BYTES",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnx_models_serve_as_onnx_runtime_computes_them() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/onnx-venv.sh");
+    let installed = match nereid_testkit::run_installer(Path::new(script)) {
+        Ok(lines) => lines,
+        Err(reason) => {
+            nereid_testkit::skip(&nereid_testkit::ONNX_RUNTIME, reason);
+            return;
+        }
+    };
+    let mut lines = installed.lines();
+    let (python, library) = (
+        lines.next().expect("python").to_string(),
+        lines.next().expect("library").to_string(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repo, cases) = (dir.path().join("repo"), dir.path().join("cases.json"));
+    let made = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/onnx/make_models.py"
+        ))
+        .arg(&repo)
+        .arg(&cases)
+        .output()
+        .expect("python runs");
+    assert!(
+        made.status.success(),
+        "make_models.py failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let cases: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(&cases).expect("cases")).expect("cases json");
+
+    let served = serve(&repo, &library, dir.path()).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let index = settled_index(&client, &served.http).await;
+    for (model, loads) in MODELS {
+        let state = &index[*model]["state"];
+        assert_eq!(state == "READY", *loads, "{model}: {}", index[*model]);
+    }
+    let reason = |model: &str| {
+        index[model]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (model, says) in [
+        ("truncated", "not a valid ONNX model"),
+        ("not_onnx", "not a valid ONNX model"),
+        ("future_opset", "Opset 99"),
+        (
+            "wrong_input",
+            "declares input 'INPUT', but the ONNX graph's inputs are ['X']",
+        ),
+        ("bad_reshape", "cannot be reshaped to the requested shape"),
+    ] {
+        assert!(reason(model).contains(says), "{model}: {}", reason(model));
+    }
+
+    // Auto-complete: `double` has no config.pbtxt.
+    let config: Value = client
+        .get(format!("{}/v2/models/double/config", served.http))
+        .send()
+        .await
+        .expect("config")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(config["platform"], "onnxruntime_onnx");
+    assert_eq!(config["backend"], "onnxruntime");
+    assert_eq!(config["max_batch_size"], 4);
+    assert_eq!(config["input"][0]["name"], "X");
+    assert_eq!(config["input"][0]["data_type"], "TYPE_FP32");
+    assert_eq!(config["input"][0]["dims"], json!([3]));
+    assert_eq!(config["output"][0]["dims"], json!([3]));
+    assert!(config["dynamic_batching"].is_object(), "{config}");
+
+    // Each case as ONNX Runtime in Python computed it.
+    for case in &cases {
+        let model = case["model"].as_str().expect("model");
+        let reply = client
+            .post(format!("{}/v2/models/{model}/infer", served.http))
+            .json(&json!({"inputs": case["inputs"]}))
+            .send()
+            .await
+            .expect("infer");
+        assert_eq!(reply.status(), 200, "{model}");
+        let body: Value = reply.json().await.expect("json");
+        assert_same_outputs(model, &body, &case["outputs"]);
+    }
+
+    // A request that fails inside ONNX Runtime fails alone, with Triton's wording.
+    let reply = client
+        .post(format!("{}/v2/models/lookup/infer", served.http))
+        .json(
+            &json!({"inputs": [{"name": "INDEX", "datatype": "INT64", "shape": [1], "data": [7]}]}),
+        )
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(reply.status(), 500);
+    let body: Value = reply.json().await.expect("json");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("onnx runtime error 2: "), "{error}");
+    let lookup = cases
+        .iter()
+        .find(|c| c["model"] == "lookup")
+        .expect("lookup case");
+    let reply = client
+        .post(format!("{}/v2/models/lookup/infer", served.http))
+        .json(&json!({"inputs": lookup["inputs"]}))
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(reply.status(), 200, "the model serves on");
+
+    // Every datatype, through gRPC's raw contents.
+    let mut grpc = GrpcInferenceServiceClient::connect(served.grpc.clone())
+        .await
+        .expect("gRPC connects");
+    let request = ModelInferRequest {
+        model_name: "types".into(),
+        inputs: TYPES
+            .iter()
+            .map(|t| InferInputTensor {
+                name: format!("IN_{t}"),
+                datatype: t.to_string(),
+                shape: vec![2, 2],
+                ..Default::default()
+            })
+            .collect(),
+        raw_input_contents: TYPES.iter().map(|t| raw_values(t).into()).collect(),
+        ..Default::default()
+    };
+    let response = grpc.model_infer(request).await.expect("types").into_inner();
+    for t in TYPES {
+        let position = response
+            .outputs
+            .iter()
+            .position(|o| o.name == format!("OUT_{t}"))
+            .unwrap_or_else(|| panic!("no OUT_{t}"));
+        let output = &response.outputs[position];
+        assert_eq!(
+            (output.datatype.as_str(), &output.shape[..]),
+            (t, &[2, 2][..])
+        );
+        assert_eq!(
+            response.raw_output_contents[position].to_vec(),
+            raw_values(t),
+            "{t} comes back as sent"
+        );
+    }
+
+    // Dynamic batching (auto-completed): concurrent single rows come back each its own.
+    let requests = (0..24).map(|i| {
+        let (client, url) = (client.clone(), format!("{}/v2/models/double/infer", served.http));
+        async move {
+            let x = [i as f32, -(i as f32), 0.5];
+            let body: Value = client
+                .post(url)
+                .json(&json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 3], "data": x}]}))
+                .send()
+                .await
+                .expect("infer")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(
+                body["outputs"][0]["data"],
+                json!([2.0 * x[0], 2.0 * x[1], 1.0]),
+                "row {i}"
+            );
+        }
+    });
+    futures_util::future::join_all(requests).await;
+    let stats: Value = client
+        .get(format!("{}/v2/models/double/stats", served.http))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    let stats = &stats["model_stats"][0];
+    println!(
+        "double: {} inferences in {} executions",
+        stats["inference_count"], stats["execution_count"]
+    );
+    assert!(stats["inference_count"].as_u64() >= Some(24), "{stats}");
+
+    // Without the library: the same repository serves nothing, saying how to install it.
+    let scratch = dir.path().join("without");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let without = serve(&repo, "/nonexistent/libonnxruntime.so", &scratch).await;
+    let index = settled_index(&client, &without.http).await;
+    let reason = index["double"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("ONNX Runtime could not be loaded")
+            && reason.contains("pip install onnxruntime"),
+        "{reason}"
+    );
+}
