@@ -25,11 +25,13 @@ const NEREID: &str = env!("CARGO_BIN_EXE_nereid");
 const MODELS: &[(&str, bool)] = &[
     ("bad_reshape", false),
     ("double", true),
+    ("double_then_pick", true),
     ("future_opset", false),
     ("linear_classifier", true),
     ("lookup", true),
     ("lower", true),
     ("not_onnx", false),
+    ("pick", true),
     ("sum_rows", true),
     ("truncated", false),
     ("types", true),
@@ -282,6 +284,32 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
         let body: Value = reply.json().await.expect("json");
         assert_same_outputs(model, &body, &case["outputs"]);
     }
+
+    // An ensemble mixing backends: ONNX, then argmax.
+    let reply: Value = client
+        .post(format!("{}/v2/models/double_then_pick/infer", served.http))
+        .json(
+            &json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [2, 3],
+                                  "data": [1.0, 5.0, 2.0, -1.0, -3.0, -0.5]}]}),
+        )
+        .send()
+        .await
+        .expect("infer")
+        .json()
+        .await
+        .expect("json");
+    let output = |name: &str| {
+        reply["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == name))
+            .map(|o| o["data"].clone())
+    };
+    assert_eq!(
+        output("DOUBLED"),
+        Some(json!([2.0, 10.0, 4.0, -2.0, -6.0, -1.0])),
+        "{reply}"
+    );
+    assert_eq!(output("INDEX"), Some(json!([1, 2])), "{reply}");
 
     // A request that fails inside ONNX Runtime fails alone, with Triton's wording.
     let reply = client

@@ -97,7 +97,12 @@ path = save("sum_rows", model(
     [helper.make_node("ReduceSum", ["X", "axes"], ["Y"], keepdims=0)], [x], [y], [axes]),
     'name: "sum_rows"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
     'input [{ name: "X" data_type: TYPE_FP64 dims: [-1, -1] }]\n'
-    'output [{ name: "Y" data_type: TYPE_FP64 dims: [-1] }]\n')
+    'output [{ name: "Y" data_type: TYPE_FP64 dims: [-1] }]\n'
+    'instance_group [{ count: 2 kind: KIND_CPU }]\n'
+    'optimization { graph { level: 1 } }\n'
+    'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+    'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }\n'
+    'parameters { key: "execution_mode" value: { string_value: "0" } }\n')
 for rows, cols in [(1, 5), (3, 2)]:
     add_case("sum_rows", path, {"X": np.arange(rows * cols, dtype=np.float64).reshape(rows, cols) / 7},
              {"X": "FP64", "Y": "FP64"})
@@ -162,6 +167,25 @@ path = save("lookup", model([helper.make_node("Gather", ["table", "INDEX"], ["VA
             'input [{ name: "INDEX" data_type: TYPE_INT64 dims: [-1] }]\n'
             'output [{ name: "VALUE" data_type: TYPE_FP32 dims: [-1] }]\n')
 add_case("lookup", path, {"INDEX": np.array([2, 0], np.int64)}, {"INDEX": "INT64", "VALUE": "FP32"})
+
+# An ensemble that mixes backends: double (ONNX, auto-completed config) then argmax (Nereid's).
+os.makedirs(os.path.join(REPO, "pick", "1"))
+with open(os.path.join(REPO, "pick", "config.pbtxt"), "w") as f:
+    f.write('name: "pick"\nbackend: "argmax"\nmax_batch_size: 4\n'
+            'input [{ name: "SCORES" data_type: TYPE_FP32 dims: [3] }]\n'
+            'output [{ name: "LABEL" data_type: TYPE_STRING dims: [1] },'
+            ' { name: "INDEX" data_type: TYPE_INT64 dims: [1] }]\n')
+os.makedirs(os.path.join(REPO, "double_then_pick", "1"))
+with open(os.path.join(REPO, "double_then_pick", "config.pbtxt"), "w") as f:
+    f.write('name: "double_then_pick"\nplatform: "ensemble"\nmax_batch_size: 4\n'
+            'input [{ name: "X" data_type: TYPE_FP32 dims: [3] }]\n'
+            'output [{ name: "DOUBLED" data_type: TYPE_FP32 dims: [3] },'
+            ' { name: "INDEX" data_type: TYPE_INT64 dims: [1] }]\n'
+            'ensemble_scheduling { step [\n'
+            ' { model_name: "double" model_version: -1 input_map { key: "X" value: "X" }'
+            ' output_map { key: "Y" value: "DOUBLED" } },\n'
+            ' { model_name: "pick" model_version: -1 input_map { key: "SCORES" value: "DOUBLED" }'
+            ' output_map { key: "INDEX" value: "INDEX" } } ] }\n')
 
 with open(CASES, "w") as f:
     json.dump(cases, f, indent=1)
