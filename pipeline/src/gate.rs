@@ -5,7 +5,8 @@
 //! numeric version whose weights differ from the candidate's) run on the *same* rows, the
 //! candidate's test split of its dataset version -> [`gate`]: the candidate passes only if it is
 //! better than that baseline by more than the configured margin (or there is no baseline) ->
-//! [`publish`]: the weights plus `reference.json` (the training data's profile, for drift
+//! [`publish`]: the weights (as safetensors, and as ONNX unless `onnx = false`) plus
+//! `reference.json` (the training data's profile, for drift
 //! monitors) and `lineage.json` (dataset version, run id, code revision, metrics, gate result)
 //! become the next version, atomically, in a local directory or an object store (see
 //! [`crate::repository`]); then, if a server URL is configured, the server is asked to load the
@@ -34,6 +35,8 @@ use crate::util::{now_rfc3339, sha256_file, to_json_pretty, write_atomic};
 pub use nereid_monitor::reference::REFERENCE_FILE;
 /// Provenance shipped with a published version.
 pub const LINEAGE_FILE: &str = "lineage.json";
+/// The version's model as ONNX (see [`PublishConfig::onnx`]).
+pub const ONNX_FILE: &str = "model.onnx";
 
 /// Why evaluation, gating or publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -535,6 +538,15 @@ pub struct PublishConfig {
     pub server_header: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_header_env: Option<String>,
+    /// Ship the version's model as ONNX too (`model.onnx` next to `model.safetensors`), so that
+    /// it also runs on Triton's ONNX backend, Nereid's `onnxruntime` and any ONNX tool.
+    #[serde(default = "default_onnx")]
+    pub onnx: bool,
+}
+
+/// Whether a published version carries `model.onnx` unless told otherwise.
+pub(crate) fn default_onnx() -> bool {
+    true
 }
 
 /// Default input tensor name of a published model (also the pipeline's `publish` step's).
@@ -556,6 +568,7 @@ impl PublishConfig {
             server_url: None,
             server_header: None,
             server_header_env: None,
+            onnx: default_onnx(),
         }
     }
 }
@@ -774,6 +787,13 @@ pub fn publish(
                     let weights = staging.join(MODEL_FILE);
                     std::fs::copy(candidate_dir.join(WEIGHTS_FILE), &weights)
                         .map_err(io(&weights))?;
+                    if config.onnx {
+                        let model = DenseModel::load(&weights, info.spec()?, &Device::Cpu)?;
+                        let onnx =
+                            model.to_onnx(&config.input_name, config.output_name(info.task))?;
+                        let path = staging.join(ONNX_FILE);
+                        write_atomic(&path, &onnx).map_err(io(&path))?;
+                    }
                     let prediction = info
                         .reference
                         .columns

@@ -665,6 +665,120 @@ impl DenseModel {
     pub fn normalizes_input(&self) -> bool {
         self.normalize.is_some()
     }
+
+    /// The same model as an ONNX graph (opset 17, FP32 `[batch, in_0]` named `input` in,
+    /// `[batch, out_last]` named `output` out), so that it runs on ONNX Runtime, Triton's ONNX
+    /// backend and any ONNX tool: `Sub`/`Div` for the standardisation, one `Gemm` per layer,
+    /// the hidden activation between them (GELU spelled out with `Erf`, as the exact GELU is),
+    /// and the output activation.
+    pub fn to_onnx(&self, input: &str, output: &str) -> candle_core::Result<Vec<u8>> {
+        use nereid_protocol::onnx::{
+            AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetId, TensorProto,
+            ValueInfo, ELEM_FLOAT,
+        };
+        use prost::Message as _;
+
+        let mut initializers = Vec::new();
+        let mut nodes = Vec::new();
+        let initializer = |name: &str, tensor: &Tensor| -> candle_core::Result<TensorProto> {
+            let dims: Vec<i64> = tensor.dims().iter().map(|&d| d as i64).collect();
+            let values = tensor.flatten_all()?.to_vec1::<f32>()?;
+            Ok(TensorProto::f32(name, &dims, &values))
+        };
+        let node = |op: &str, inputs: &[&str], out: &str| NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            name: out.to_string(),
+            op_type: op.to_string(),
+            ..Default::default()
+        };
+        let mut h = input.to_string();
+        if let Some(n) = &self.normalize {
+            initializers.push(initializer("normalize.mean", &n.mean)?);
+            initializers.push(initializer("normalize.std", &n.std)?);
+            nodes.push(node("Sub", &[&h, "normalize.mean"], "centered"));
+            nodes.push(node("Div", &["centered", "normalize.std"], "standardized"));
+            h = "standardized".into();
+        }
+        let gelu_constants = [
+            ("gelu.sqrt2", std::f32::consts::SQRT_2),
+            ("gelu.one", 1.0),
+            ("gelu.half", 0.5),
+        ];
+        if self.spec.activation == Activation::Gelu && self.layers.len() > 1 {
+            for (name, value) in gelu_constants {
+                initializers.push(TensorProto::f32(name, &[], &[value]));
+            }
+        }
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (w, b) = (format!("layers.{i}.weight_t"), format!("layers.{i}.bias"));
+            initializers.push(initializer(&w, &layer.weight_t)?);
+            initializers.push(initializer(&b, &layer.bias)?);
+            let z = if i == last && self.spec.output == OutputActivation::None {
+                output.to_string()
+            } else {
+                format!("layers.{i}.out")
+            };
+            nodes.push(node("Gemm", &[&h, &w, &b], &z));
+            h = z;
+            if i < last {
+                let a = format!("layers.{i}.activated");
+                match self.spec.activation {
+                    Activation::Relu => nodes.push(node("Relu", &[&h], &a)),
+                    Activation::Tanh => nodes.push(node("Tanh", &[&h], &a)),
+                    Activation::Sigmoid => nodes.push(node("Sigmoid", &[&h], &a)),
+                    Activation::Gelu => {
+                        // x * 0.5 * (1 + erf(x / sqrt 2))
+                        let t = |s: &str| format!("layers.{i}.gelu.{s}");
+                        nodes.push(node("Div", &[&h, "gelu.sqrt2"], &t("scaled")));
+                        nodes.push(node("Erf", &[&t("scaled")], &t("erf")));
+                        nodes.push(node("Add", &[&t("erf"), "gelu.one"], &t("plus_one")));
+                        nodes.push(node("Mul", &[&h, &t("plus_one")], &t("product")));
+                        nodes.push(node("Mul", &[&t("product"), "gelu.half"], &a));
+                    }
+                }
+                h = a;
+            }
+        }
+        match self.spec.output {
+            OutputActivation::None => {}
+            OutputActivation::Softmax => {
+                let mut softmax = node("Softmax", &[&h], output);
+                softmax.attribute.push(AttributeProto::int("axis", -1));
+                nodes.push(softmax);
+            }
+            OutputActivation::Sigmoid => nodes.push(node("Sigmoid", &[&h], output)),
+        }
+        let features = |n: usize| [None, Some(n as i64)];
+        let model = ModelProto {
+            ir_version: 8,
+            producer_name: "nereid".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "nereid_dense".into(),
+                initializer: initializers,
+                input: vec![ValueInfo::tensor(
+                    input,
+                    ELEM_FLOAT,
+                    &features(self.input_features),
+                    "batch",
+                )],
+                output: vec![ValueInfo::tensor(
+                    output,
+                    ELEM_FLOAT,
+                    &features(self.output_features),
+                    "batch",
+                )],
+            }),
+            opset_import: vec![OperatorSetId {
+                domain: String::new(),
+                version: 17,
+            }],
+        };
+        Ok(model.encode_to_vec())
+    }
 }
 
 /// `layers.{i}.weight` -> `(i, true)`, `layers.{i}.bias` -> `(i, false)`. Indices are plain

@@ -302,6 +302,8 @@ struct PublishParams {
     server_header: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     server_header_env: Option<String>,
+    #[serde(default = "crate::gate::default_onnx")]
+    onnx: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1099,6 +1101,7 @@ impl Context<'_> {
                     server_url: p.server_url.clone(),
                     server_header: p.server_header.clone(),
                     server_header_env: p.server_header_env.clone(),
+                    onnx: p.onnx,
                 };
                 let published = gate::publish(
                     &self.store,

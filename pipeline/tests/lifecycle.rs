@@ -357,7 +357,22 @@ fn gate_and_publish(ws: Workspace) {
     files.sort();
     assert_eq!(
         files,
-        ["lineage.json", "model.safetensors", "reference.json"]
+        [
+            "lineage.json",
+            "model.onnx",
+            "model.safetensors",
+            "reference.json"
+        ]
+    );
+    // The ONNX copy is the same model (it is run by ONNX Runtime in the server's ONNX tests);
+    // here: its boundary is the published config's.
+    let onnx = std::fs::read(v2.join("model.onnx")).expect("model.onnx");
+    let boundary = <nereid_protocol::onnx::ModelBoundary as prost::Message>::decode(&onnx[..])
+        .expect("an ONNX model");
+    let graph = boundary.graph.expect("graph");
+    assert_eq!(
+        (graph.input[0].name.as_str(), graph.output[0].name.as_str()),
+        ("INPUT", "PROBABILITIES")
     );
     let hidden: Vec<String> = std::fs::read_dir(ws.path("repo/iris"))
         .expect("model dir")

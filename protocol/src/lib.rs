@@ -7,6 +7,8 @@
 //! - [`Tensor`], [`DataType`], [`InferRequest`]/[`InferResponse`]: protocol-neutral values.
 //! - [`rest`]: the v2 REST JSON body and the binary tensor extension framing.
 //! - [`grpc`]: conversions between the gRPC messages and the protocol-neutral values.
+//! - [`onnx`]: the part of ONNX's protobuf format that the server reads and the pipeline
+//!   writes.
 //! - [`Error`]: one error type with Triton's codes and their HTTP and gRPC mappings.
 //!
 //! Data flow: a request body is parsed straight into typed tensor buffers (JSON numbers are
@@ -19,6 +21,7 @@ pub mod config;
 mod datatype;
 mod error;
 pub mod grpc;
+pub mod onnx;
 mod request;
 pub mod rest;
 mod tensor;

@@ -27,7 +27,13 @@ const MODELS: &[(&str, bool)] = &[
     ("double", true),
     ("double_then_pick", true),
     ("future_opset", false),
+    ("iris_classifier", true),
+    ("iris_onnx", true),
     ("linear_classifier", true),
+    ("mlp_gelu_none", true),
+    ("mlp_relu_softmax", true),
+    ("mlp_sigmoid_softmax", true),
+    ("mlp_tanh_sigmoid", true),
     ("lookup", true),
     ("lower", true),
     ("not_onnx", false),
@@ -223,6 +229,26 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
     );
     let cases: Vec<Value> =
         serde_json::from_slice(&std::fs::read(&cases).expect("cases")).expect("cases json");
+    // The default classifier as Nereid serves it (candle), and its ONNX export.
+    common::copy_dir(
+        &Path::new(common::MODEL_REPO).join("iris_classifier"),
+        &repo.join("iris_classifier"),
+    );
+    let exported = export_iris_classifier();
+    std::fs::create_dir_all(repo.join("iris_onnx/1")).expect("mkdir");
+    std::fs::write(repo.join("iris_onnx/1/model.onnx"), exported).expect("write");
+    let exports = mlp_exports();
+    for (name, model, _) in &exports {
+        std::fs::create_dir_all(repo.join(name).join("1")).expect("mkdir");
+        let onnx = model.to_onnx("X", "Y").expect("export");
+        std::fs::write(repo.join(name).join("1/model.onnx"), onnx).expect("write");
+    }
+    // Only the batch size: inputs and outputs are completed from the graph.
+    std::fs::write(
+        repo.join("iris_onnx/config.pbtxt"),
+        "backend: \"onnxruntime\"\nmax_batch_size: 64\n",
+    )
+    .expect("write");
 
     let served = serve(&repo, &library, dir.path()).await;
     let client = reqwest::Client::builder()
@@ -310,6 +336,75 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
         "{reply}"
     );
     assert_eq!(output("INDEX"), Some(json!([1, 2])), "{reply}");
+
+    // The ONNX export computes what the candle model computes, on every Iris row.
+    let rows = common::iris();
+    let mut worst = 0f64;
+    for chunk in rows.chunks(50) {
+        let data: Vec<f32> = chunk.iter().flat_map(|(x, _)| *x).collect();
+        let body = json!({"inputs": [{"name": "INPUT", "datatype": "FP32",
+                                      "shape": [chunk.len(), 4], "data": data}]});
+        let mut answers = Vec::new();
+        for model in ["iris_classifier", "iris_onnx"] {
+            let reply: Value = client
+                .post(format!("{}/v2/models/{model}/infer", served.http))
+                .json(&body)
+                .send()
+                .await
+                .expect("infer")
+                .json()
+                .await
+                .expect("json");
+            let values: Vec<f64> = reply["outputs"][0]["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{model}: {reply}"))
+                .iter()
+                .filter_map(Value::as_f64)
+                .collect();
+            assert_eq!(values.len(), chunk.len() * 3, "{model}: {reply}");
+            answers.push(values);
+        }
+        for (a, b) in answers[0].iter().zip(&answers[1]) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    println!("iris: candle vs ONNX Runtime, largest difference {worst:e}");
+    assert!(worst <= 1e-5, "the ONNX export differs by {worst}");
+
+    // Every activation the exporter writes, against candle's forward pass.
+    for (name, model, rows) in &exports {
+        let x = candle_core::Tensor::from_vec(
+            rows.clone(),
+            (rows.len() / 5, 5),
+            &candle_core::Device::Cpu,
+        )
+        .expect("rows");
+        let want: Vec<f32> = model
+            .forward(&x)
+            .and_then(|y| y.flatten_all())
+            .and_then(|y| y.to_vec1())
+            .expect("forward");
+        let reply: Value = client
+            .post(format!("{}/v2/models/{name}/infer", served.http))
+            .json(&json!({"inputs": [{"name": "X", "datatype": "FP32",
+                                      "shape": [rows.len() / 5, 5], "data": rows}]}))
+            .send()
+            .await
+            .expect("infer")
+            .json()
+            .await
+            .expect("json");
+        let got: Vec<f64> = reply["outputs"][0]["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {reply}"))
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - f64::from(*w)).abs() <= 1e-5, "{name}: {g} vs {w}");
+        }
+    }
 
     // A request that fails inside ONNX Runtime fails alone, with Triton's wording.
     let reply = client
@@ -421,4 +516,65 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
             && reason.contains("pip install onnxruntime"),
         "{reason}"
     );
+}
+
+/// The checked-in Iris classifier's newest version as ONNX, through the pipeline's exporter.
+fn export_iris_classifier() -> Vec<u8> {
+    let dir = Path::new(common::MODEL_REPO).join("iris_classifier");
+    let text = std::fs::read_to_string(dir.join("config.pbtxt")).expect("config");
+    let config = nereid_protocol::config::parse_pbtxt(&text, "config.pbtxt").expect("parses");
+    let spec = nereid_pipeline::ArchitectureSpec::from_parameters(|k| {
+        config.parameters.get(k).map(|p| p.string_value.clone())
+    })
+    .expect("spec");
+    let model = nereid_pipeline::DenseModel::load(
+        &dir.join("1/model.safetensors"),
+        spec,
+        &candle_core::Device::Cpu,
+    )
+    .expect("weights");
+    model.to_onnx("INPUT", "PROBABILITIES").expect("export")
+}
+
+/// Small MLPs, one per hidden and output activation the exporter writes, with input
+/// standardisation and seeded weights, and four rows of five features for each.
+fn mlp_exports() -> Vec<(String, nereid_pipeline::DenseModel, Vec<f32>)> {
+    use nereid_pipeline::{Activation, ArchitectureSpec, DenseModel, OutputActivation};
+    let device = candle_core::Device::Cpu;
+    // A fixed pseudo-random sequence (xorshift), so that the weights are the same every run.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let mut tensor = |dims: &[usize]| {
+        let n = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| next()).collect();
+        candle_core::Tensor::from_vec(values, dims, &device).expect("tensor")
+    };
+    let specs = [
+        (Activation::Relu, OutputActivation::Softmax),
+        (Activation::Gelu, OutputActivation::None),
+        (Activation::Tanh, OutputActivation::Sigmoid),
+        (Activation::Sigmoid, OutputActivation::Softmax),
+    ];
+    specs
+        .into_iter()
+        .map(|(hidden, output)| {
+            let mut tensors = std::collections::HashMap::new();
+            tensors.insert("normalize.mean".to_string(), tensor(&[5]));
+            let std = tensor(&[5]).abs().expect("abs") + 0.5;
+            tensors.insert("normalize.std".to_string(), std.expect("std"));
+            for (i, (out, inp)) in [(8, 5), (6, 8), (3, 6)].into_iter().enumerate() {
+                tensors.insert(format!("layers.{i}.weight"), tensor(&[out, inp]));
+                tensors.insert(format!("layers.{i}.bias"), tensor(&[out]));
+            }
+            let model = DenseModel::from_tensors(tensors, ArchitectureSpec::mlp(hidden, output))
+                .expect("model");
+            let rows: Vec<f32> = (0..20).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            (format!("mlp_{hidden}_{output}"), model, rows)
+        })
+        .collect()
 }

@@ -2,9 +2,8 @@
 //! and shapes, read straight from the protobuf (no ONNX Runtime needed), for auto-completing and
 //! checking a model's config when the repository is scanned.
 //!
-//! Only the fields needed are declared, with the field numbers of ONNX's `onnx.proto`
-//! (`ModelProto.graph` = 7, `GraphProto.input` = 11, ...); everything else (nodes, weights) is
-//! skipped by the decoder. Results are cached per file (path, size, modification time), since a
+//! [`nereid_protocol::onnx::ModelBoundary`] declares only what is needed; everything else
+//! (nodes, weights) is skipped by the decoder. Results are cached per file (path, size, modification time), since a
 //! polling server scans its repository every few seconds.
 
 use std::collections::HashMap;
@@ -12,90 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
+use nereid_protocol::onnx::{datatype, ModelBoundary, ValueInfo};
 use nereid_protocol::DataType;
 use prost::Message;
-
-#[derive(Clone, PartialEq, Message)]
-struct ModelProto {
-    #[prost(int64, tag = "1")]
-    ir_version: i64,
-    #[prost(message, optional, tag = "7")]
-    graph: Option<GraphProto>,
-    #[prost(message, repeated, tag = "8")]
-    opset_import: Vec<OperatorSetId>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct OperatorSetId {
-    #[prost(string, tag = "1")]
-    domain: String,
-    #[prost(int64, tag = "2")]
-    version: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct GraphProto {
-    #[prost(message, repeated, tag = "5")]
-    initializer: Vec<NamedTensor>,
-    #[prost(message, repeated, tag = "11")]
-    input: Vec<ValueInfo>,
-    #[prost(message, repeated, tag = "12")]
-    output: Vec<ValueInfo>,
-}
-
-/// A `TensorProto` of which only the name is read (its data is skipped).
-#[derive(Clone, PartialEq, Message)]
-struct NamedTensor {
-    #[prost(string, tag = "8")]
-    name: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ValueInfo {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(message, optional, tag = "2")]
-    r#type: Option<TypeProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TypeProto {
-    #[prost(message, optional, tag = "1")]
-    tensor_type: Option<TensorTypeProto>,
-    #[prost(message, optional, tag = "4")]
-    sequence_type: Option<Empty>,
-    #[prost(message, optional, tag = "5")]
-    map_type: Option<Empty>,
-    #[prost(message, optional, tag = "8")]
-    sparse_tensor_type: Option<Empty>,
-    #[prost(message, optional, tag = "9")]
-    optional_type: Option<Empty>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Empty {}
-
-#[derive(Clone, PartialEq, Message)]
-struct TensorTypeProto {
-    #[prost(int32, tag = "1")]
-    elem_type: i32,
-    #[prost(message, optional, tag = "2")]
-    shape: Option<ShapeProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ShapeProto {
-    #[prost(message, repeated, tag = "1")]
-    dim: Vec<Dimension>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Dimension {
-    #[prost(int64, optional, tag = "1")]
-    dim_value: Option<i64>,
-    #[prost(string, optional, tag = "2")]
-    dim_param: Option<String>,
-}
 
 /// One graph input or output.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,27 +29,6 @@ pub struct GraphTensor {
 pub struct GraphIo {
     pub inputs: Vec<GraphTensor>,
     pub outputs: Vec<GraphTensor>,
-}
-
-/// The protocol datatype of an ONNX `TensorProto.DataType`.
-fn datatype(elem_type: i32) -> Option<DataType> {
-    Some(match elem_type {
-        1 => DataType::Fp32,
-        2 => DataType::Uint8,
-        3 => DataType::Int8,
-        4 => DataType::Uint16,
-        5 => DataType::Int16,
-        6 => DataType::Int32,
-        7 => DataType::Int64,
-        8 => DataType::Bytes,
-        9 => DataType::Bool,
-        10 => DataType::Fp16,
-        11 => DataType::Fp64,
-        12 => DataType::Uint32,
-        13 => DataType::Uint64,
-        16 => DataType::Bf16,
-        _ => return None,
-    })
 }
 
 fn tensor(value: &ValueInfo, kind: &str) -> Result<GraphTensor, String> {
@@ -181,7 +78,7 @@ fn tensor(value: &ValueInfo, kind: &str) -> Result<GraphTensor, String> {
 impl GraphIo {
     /// Decodes an ONNX model's bytes.
     pub fn decode(bytes: &[u8]) -> Result<GraphIo, String> {
-        let model = ModelProto::decode(bytes)
+        let model = ModelBoundary::decode(bytes)
             .map_err(|e| format!("not a valid ONNX model (protobuf decoding failed: {e})"))?;
         let graph = model.graph.ok_or_else(|| {
             "not a valid ONNX model (no graph; is the file truncated or of another format?)"
@@ -236,28 +133,9 @@ impl GraphIo {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::*;
+    use nereid_protocol::onnx::{GraphProto, ModelProto, OperatorSetId, TensorProto};
 
-    fn value(name: &str, elem_type: i32, dims: &[Option<i64>]) -> ValueInfo {
-        ValueInfo {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                tensor_type: Some(TensorTypeProto {
-                    elem_type,
-                    shape: Some(ShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|d| Dimension {
-                                dim_value: *d,
-                                dim_param: d.is_none().then(|| "N".to_string()),
-                            })
-                            .collect(),
-                    }),
-                }),
-                ..Default::default()
-            }),
-        }
-    }
+    use super::*;
 
     /// An ONNX file's bytes with these inputs (each `(name, elem_type, dims)`, `None` for a
     /// symbolic dimension) and outputs, plus one initializer listed among the inputs.
@@ -265,21 +143,22 @@ pub(crate) mod tests {
         inputs: &[(&str, i32, &[Option<i64>])],
         outputs: &[(&str, i32, &[Option<i64>])],
     ) -> Vec<u8> {
-        let mut input: Vec<ValueInfo> = inputs.iter().map(|(n, t, d)| value(n, *t, d)).collect();
-        input.push(value("weight", 1, &[Some(3)]));
+        let value = |(n, t, d): &(&str, i32, &[Option<i64>])| ValueInfo::tensor(n, *t, d, "N");
+        let mut input: Vec<ValueInfo> = inputs.iter().map(value).collect();
+        input.push(ValueInfo::tensor("weight", 1, &[Some(3)], "N"));
         ModelProto {
             ir_version: 8,
             graph: Some(GraphProto {
-                initializer: vec![NamedTensor {
-                    name: "weight".into(),
-                }],
+                initializer: vec![TensorProto::f32("weight", &[3], &[1.0, 2.0, 3.0])],
                 input,
-                output: outputs.iter().map(|(n, t, d)| value(n, *t, d)).collect(),
+                output: outputs.iter().map(value).collect(),
+                ..Default::default()
             }),
             opset_import: vec![OperatorSetId {
                 domain: String::new(),
                 version: 13,
             }],
+            ..Default::default()
         }
         .encode_to_vec()
     }
