@@ -894,6 +894,38 @@ pub fn publish(
     Ok(published)
 }
 
+/// Writes `model.onnx` into version `version` of the model in `model_dir` (a Triton model
+/// folder whose `config.pbtxt` names the architecture, one input and one output): the
+/// `model.safetensors` there, exported by [`DenseModel::to_onnx`] under the config's tensor
+/// names. Returns the file written.
+pub fn export_version_onnx(model_dir: &Path, version: u64) -> Result<PathBuf> {
+    let config_path = model_dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|source| GateError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let config = nereid_protocol::config::parse_pbtxt(&text, &config_path.display().to_string())
+        .map_err(|e| GateError::Config(e.message))?;
+    let (Some(input), Some(output)) = (config.input.first(), config.output.first()) else {
+        return Err(GateError::Config(format!(
+            "{} declares no input or no output",
+            config_path.display()
+        )));
+    };
+    let spec = ArchitectureSpec::from_parameters(|k| {
+        config.parameters.get(k).map(|p| p.string_value.clone())
+    })?;
+    let dir = model_dir.join(version.to_string());
+    let model = DenseModel::load(&dir.join(MODEL_FILE), spec, &Device::Cpu)?;
+    let onnx = model.to_onnx(&input.name, &output.name)?;
+    let path = dir.join(ONNX_FILE);
+    write_atomic(&path, &onnx).map_err(|source| GateError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
 /// A private folder to assemble a version's files in; publishing then copies them into a
 /// staging folder inside the model folder and renames that into place (or uploads them).
 fn tempfile_dir() -> Result<PathBuf> {

@@ -69,6 +69,18 @@ enum RepoCommand {
         #[arg(long = "from")]
         from: PathBuf,
     },
+    /// Write a version's dense model (`model.safetensors` and the config's architecture) as
+    /// `model.onnx` next to it, for ONNX Runtime, Triton's ONNX backend or any ONNX tool.
+    ExportOnnx {
+        /// The model repository.
+        #[arg(long)]
+        repository: PathBuf,
+        #[arg(long)]
+        model: String,
+        /// The version (default: the newest).
+        #[arg(long)]
+        version: Option<u64>,
+    },
     /// Load every model of a repository as `serve` would, report each, and exit non-zero if
     /// any model or version cannot be served.
     Validate {
@@ -311,6 +323,32 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Repo(RepoCommand::Validate { repository }) => validate(repository).await,
+            Command::Repo(RepoCommand::ExportOnnx {
+                repository,
+                model,
+                version,
+            }) => {
+                blocking(move || {
+                    let version = match version {
+                        Some(v) => v,
+                        None => *nereid_pipeline::model_versions(&repository, &model)?
+                            .last()
+                            .ok_or_else(|| {
+                                anyhow::anyhow!(
+                                    "model '{model}' has no versions in {}",
+                                    repository.display()
+                                )
+                            })?,
+                    };
+                    let path = nereid_pipeline::gate::export_version_onnx(
+                        &repository.join(&model),
+                        version,
+                    )?;
+                    println!("wrote {}", path.display());
+                    Ok(())
+                })
+                .await
+            }
             Command::Infer(args) => nereid_client::cli::run_infer(args).await,
             // The lifecycle commands are blocking (files, training): off the async threads.
             Command::Features(cmd) => {
