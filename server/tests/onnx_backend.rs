@@ -468,6 +468,24 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
         );
     }
 
+    // Bytes that are not UTF-8 cannot become an ONNX string: refused, not altered.
+    let refused = grpc
+        .model_infer(ModelInferRequest {
+            model_name: "lower".into(),
+            inputs: vec![InferInputTensor {
+                name: "TEXT".into(),
+                datatype: "BYTES".into(),
+                shape: vec![1],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![vec![2, 0, 0, 0, 0xff, 0xfe].into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("not UTF-8"), "{refused:?}");
+
     // Dynamic batching (auto-completed): concurrent single rows come back each its own.
     let requests = (0..24).map(|i| {
         let (client, url) = (client.clone(), format!("{}/v2/models/double/infer", served.http));

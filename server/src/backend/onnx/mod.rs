@@ -454,10 +454,17 @@ fn to_value(tensor: &Tensor, datatype: DataType) -> Result<DynValue, ort::Error>
                     Ok(OrtTensor::from_array((shape, values))?.into_dyn())
                 }
                 DataType::Bytes => {
+                    // ONNX strings are UTF-8 text; other bytes are refused, not altered.
                     let strings: Vec<String> = bytes_elements(&tensor.data)
-                        .map(|e| e.map(|b| String::from_utf8_lossy(b).into_owned()))
-                        .collect::<Result<_, ()>>()
-                        .map_err(|()| ort::Error::new("malformed BYTES tensor"))?;
+                        .map(|e| {
+                            let bytes = e.map_err(|()| ort::Error::new("malformed BYTES tensor"))?;
+                            String::from_utf8(bytes.to_vec()).map_err(|_| {
+                                ort::Error::new(
+                                    "a BYTES element is not UTF-8 text, which ONNX string tensors hold",
+                                )
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
                     Ok(OrtTensor::from_string_array((shape, &*strings))?.into_dyn())
                 }
             }
@@ -516,8 +523,9 @@ impl Backend for OnnxBackend {
         };
         let mut feed: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for (tensor, (name, datatype)) in inputs.iter().zip(&self.inputs) {
-            let value =
-                to_value(tensor, *datatype).map_err(|e| failed(&format!("input '{name}'"), e))?;
+            let value = to_value(tensor, *datatype).map_err(|e| {
+                Error::invalid_arg(format!("model '{m}', input '{name}': {}", e.message()))
+            })?;
             feed.push((name.clone(), value));
         }
         let outputs = self.session.run(feed).map_err(|e| failed("", e))?;
