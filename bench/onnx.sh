@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The onnxruntime backend against its compute ceiling: the default Iris classifier exported to
-# ONNX (`nereid repo export-onnx`), served with dynamic batching by one Nereid on core 0, at
-# concurrency 1, 16 and 64 over gRPC; and ONNX Runtime called in-process
-# (server/examples/onnx_ceiling.rs) on the same core, one intra-op thread like the served model,
-# at the average batch size the batcher formed at each level.
+# The onnxruntime backend against its compute ceiling: a dense model exported to ONNX
+# (`nereid repo export-onnx`; the default Iris classifier unless MODEL says), served with
+# dynamic batching by one Nereid on core 0, at concurrency 1, 16 and 64 over gRPC
+# (PROTOCOL=http: HTTP with binary tensors); and ONNX Runtime called in-process
+# (server/examples/onnx_ceiling.rs) on the same core, one intra-op thread like the served
+# model, at the average batch size the batcher formed at each level.
 #
 #   flock /tmp/nereid-cargo.lock bash bench/onnx.sh
 #
-# Env: ROUNDS (3), ONNX_LEVELS ("1 16 64"), WINDOW_MS, MAX_WINDOWS, ... (see lib.sh).
+# Env: ROUNDS (3), ONNX_LEVELS ("1 16 64"), WINDOW_MS, MAX_WINDOWS, ... (see lib.sh); MODEL:
+# iris_classifier (default, the checked-in 4-16-3 classifier) or mlp_cpu (a 256-1024-1024-16 MLP
+# with random weights, written by kernels/ci/gpu_models.py), exported the same way.
 source "$(dirname "$0")/lib.sh"
 
 ONNX_LEVELS="${ONNX_LEVELS:-1 16 64}"
+MODEL="${MODEL:-iris_classifier}"
+PROTOCOL="${PROTOCOL:-grpc}"
 OUT="$(results_dir onnx)"
 CSV="$OUT/onnx.csv"
 machine_info | tee "$OUT/machine.txt"
@@ -21,11 +26,17 @@ export NEREID_ONNXRUNTIME_LIB
 echo "onnxruntime: $NEREID_ONNXRUNTIME_LIB" | tee -a "$OUT/machine.txt"
 
 repo="$WORK/repo"
-mkdir -p "$repo/iris_onnx/1"
-cp -r "$ROOT/model-repo/iris_classifier" "$WORK/iris_classifier"
-"$BIN/nereid" repo export-onnx --repository "$WORK" --model iris_classifier --version 1
-mv "$WORK/iris_classifier/1/model.onnx" "$repo/iris_onnx/1/model.onnx"
-cat > "$repo/iris_onnx/config.pbtxt" <<'CONFIG'
+mkdir -p "$repo/exported/1"
+source_repo="$ROOT/model-repo"
+if [ "$MODEL" = mlp_cpu ]; then
+    source_repo="$WORK/generated"
+    python3 "$ROOT/kernels/ci/gpu_models.py" write "$ROOT/model-repo" "$source_repo" KIND_CPU
+fi
+mkdir -p "$WORK/source"
+cp -r "$source_repo/$MODEL" "$WORK/source/$MODEL"
+"$BIN/nereid" repo export-onnx --repository "$WORK/source" --model "$MODEL" --version 1
+mv "$WORK/source/$MODEL/1/model.onnx" "$repo/exported/1/model.onnx"
+cat > "$repo/exported/config.pbtxt" <<'CONFIG'
 # Inputs and outputs are completed from the graph.
 backend: "onnxruntime"
 max_batch_size: 64
@@ -35,9 +46,9 @@ parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
 parameters { key: "inter_op_thread_count" value: { string_value: "1" } }
 CONFIG
 
-serve_repository "$repo" /v2/models/iris_onnx/ready
+serve_repository "$repo" /v2/models/exported/ready
 counts() {
-    curl -sf "http://$NEREID_HTTP/v2/models/iris_onnx/stats" | python3 -c \
+    curl -sf "http://$NEREID_HTTP/v2/models/exported/stats" | python3 -c \
         "import json,sys; s=json.load(sys.stdin)['model_stats'][0]; print(s['inference_count'], s['execution_count'])"
 }
 for round in $(seq "$ROUNDS"); do
@@ -45,7 +56,8 @@ for round in $(seq "$ROUNDS"); do
         echo "== concurrency $c r$round"
         read -r inf0 exec0 <<< "$(counts)"
         taskset -c "$LOAD_CORE" "$BIN/nereid-loadtest" --threads 1 \
-            --url "http://$NEREID_GRPC" --protocol grpc --format binary -m iris_onnx \
+            --url "http://$(if [ "$PROTOCOL" = grpc ]; then echo "$NEREID_GRPC"; else echo "$NEREID_HTTP"; fi)" \
+            --protocol "$PROTOCOL" --format binary -m exported \
             --concurrency "$c" --warmup-ms "$WARMUP_MS" --window-ms "$WINDOW_MS" \
             --max-windows "$MAX_WINDOWS" --stability-percent "$STABILITY" \
             --max-duration-s 300 --request-timeout-ms 10000 --server-pid "$NEREID_PID" \
@@ -58,7 +70,7 @@ kill "$NEREID_PID"; wait "$NEREID_PID" 2>/dev/null || true
 
 echo "== ceiling: ONNX Runtime in-process on core $SERVER_CORE"
 for batch in $(awk '{print $2}' "$OUT/batches.txt" | sort -n | uniq); do
-    taskset -c "$SERVER_CORE" "$BIN/examples/onnx_ceiling" "$repo/iris_onnx/1/model.onnx" \
+    taskset -c "$SERVER_CORE" "$BIN/examples/onnx_ceiling" "$repo/exported/1/model.onnx" \
         "$batch" 3 | tee -a "$OUT/ceiling.jsonl"
 done
 
