@@ -1,9 +1,11 @@
-//! A model repository on S3, end to end through the real S3 client (object_store's, signed
-//! requests, conditional puts with `If-None-Match: *`), against moto's S3 server on loopback:
-//! `nereid repo publish --repository s3://...` publishes, racing publishers get distinct
-//! versions, and `nereid serve --model-repository s3://...` in poll mode serves each complete
-//! version and never one whose upload is still under way. The server and the publishers are
-//! the `nereid` binary, configured only by the provider's environment variables, as users run it.
+//! Model repositories and feature stores on S3, end to end through the real S3 client
+//! (object_store's, signed requests, conditional puts with `If-None-Match: *`), against moto's
+//! S3 server on loopback: `nereid repo publish --repository s3://...` publishes, racing
+//! publishers get distinct versions, and `nereid serve --model-repository s3://...` in poll mode
+//! serves each complete version and never one whose upload is still under way; racing
+//! `nereid features ingest --store s3://...` writers each get their own dataset version and the
+//! store verifies. Everything runs the `nereid` binary, configured only by the provider's
+//! environment variables, as users run it.
 //!
 //! moto comes from PyPI (server/ci/moto-venv.sh); where it cannot be installed the test skips,
 //! or fails where the suite is required (CI; see nereid-testkit).
@@ -91,21 +93,22 @@ impl Moto {
 
 /// `nereid repo publish` into the bucket, with the S3 settings in `env`: the version it reports.
 fn publish(env: &[(&'static str, String)], model: &str, from: &Path) -> u64 {
-    let out = Command::new(NEREID)
-        .args(["repo", "publish", "--model", model, "--repository"])
-        .arg(format!("s3://{BUCKET}/repo"))
-        .arg("--from")
-        .arg(from)
-        .envs(env.iter().cloned())
-        .env("NEREID_LOG", "warn")
-        .output()
-        .expect("nereid runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "publish failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let repository = format!("s3://{BUCKET}/repo");
+    let from = from.display().to_string();
+    let (ok, stdout, stderr) = nereid_with(
+        env,
+        &[
+            "repo",
+            "publish",
+            "--model",
+            model,
+            "--repository",
+            &repository,
+            "--from",
+            &from,
+        ],
     );
+    assert!(ok, "publish failed: {stdout}{stderr}");
     let prefix = format!("published {model} version ");
     stdout
         .trim()
@@ -129,14 +132,14 @@ fn version_source(model: &str, with_config: bool) -> tempfile::TempDir {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_repository_publish_race_and_serve() {
+/// moto with the test bucket created, or `None` where moto cannot be installed (a skip).
+async fn moto_with_bucket() -> Option<Moto> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/moto-venv.sh");
     let moto_server = match nereid_testkit::run_installer(Path::new(script)) {
         Ok(path) => path,
         Err(reason) => {
             nereid_testkit::skip(&nereid_testkit::S3, reason);
-            return;
+            return None;
         }
     };
     let moto = Moto::start(&moto_server);
@@ -150,6 +153,104 @@ async fn s3_repository_publish_race_and_serve() {
         .await
         .expect("create bucket");
     assert!(created.status().is_success(), "{created:?}");
+    Some(moto)
+}
+
+/// `nereid ARGS` with the S3 settings in `env`: (success, stdout, stderr).
+fn nereid_with(env: &[(&'static str, String)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(NEREID)
+        .args(args)
+        .envs(env.iter().cloned())
+        .env("NEREID_LOG", "warn")
+        .output()
+        .expect("nereid runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_feature_store_takes_racing_writers() {
+    let Some(moto) = moto_with_bucket().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!("s3://{BUCKET}/features");
+    let files: Vec<String> = (0..4)
+        .map(|i| {
+            let path = dir.path().join(format!("part{i}.csv"));
+            std::fs::write(&path, format!("id,x\n{i},{}.5\n", i * 10)).expect("csv");
+            path.display().to_string()
+        })
+        .collect();
+    // Four writers at once, each with its own content, into one dataset.
+    let writers: Vec<_> = files
+        .iter()
+        .map(|file| {
+            let (env, file, store) = (moto.env(), file.clone(), store.clone());
+            std::thread::spawn(move || {
+                nereid_with(
+                    &env,
+                    &[
+                        "features",
+                        "ingest",
+                        &file,
+                        "--name",
+                        "customers",
+                        "--store",
+                        &store,
+                    ],
+                )
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = writers
+        .into_iter()
+        .map(|w| {
+            let (ok, out, err) = w.join().expect("writer");
+            assert!(ok, "{out}{err}");
+            out.strip_prefix("stored customers@")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|seq| seq.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected output: {out}"))
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4],
+        "racing writers shared a sequence number"
+    );
+    // The same content again is the same version, not a fifth.
+    let (ok, out, err) = nereid_with(
+        &moto.env(),
+        &[
+            "features",
+            "ingest",
+            &files[2],
+            "--name",
+            "customers",
+            "--store",
+            &store,
+        ],
+    );
+    assert!(ok && out.contains("customers@"), "{out}{err}");
+    let (ok, out, err) = nereid_with(&moto.env(), &["features", "verify", "--store", &store]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("4 dataset version(s) verified"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_repository_publish_race_and_serve() {
+    let Some(moto) = moto_with_bucket().await else {
+        return;
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
 
     // A first version, then four publishers at once: five distinct versions.
     let source = version_source("identity_fp32", true);
