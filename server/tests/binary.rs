@@ -1,0 +1,417 @@
+//! The `nereid` binary as users run it, without Python: `serve` configured only by its
+//! `NEREID_*` environment variables (ports, port file, body limit, control mode, restricted
+//! APIs), SIGTERM with requests in flight, and the repository, feature-store and pipeline
+//! commands with their exit codes and messages, bad arguments included.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{copy_dir, wait_for, ChildGuard, MODEL_REPO};
+use serde_json::{json, Value};
+
+const NEREID: &str = env!("CARGO_BIN_EXE_nereid");
+
+/// `nereid ARGS` in `dir`: (exit code, stdout, stderr).
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(NEREID)
+        .args(args)
+        .current_dir(dir)
+        .env("NEREID_LOG", "warn")
+        .output()
+        .expect("nereid runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The ports a server wrote to `file`, once it has.
+async fn ports(file: &Path) -> Value {
+    wait_for("the port file", Duration::from_secs(60), async || {
+        serde_json::from_slice::<Value>(&std::fs::read(file).ok()?).ok()
+    })
+    .await
+}
+
+fn identity_request(values: usize) -> Value {
+    json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, values],
+                       "data": vec![1.0; values]}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_every_setting_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    for model in ["identity_fp32", "identity_bytes"] {
+        copy_dir(&Path::new(MODEL_REPO).join(model), &repo.join(model));
+    }
+    let port_file = dir.path().join("ports.json");
+    let child = Command::new(NEREID)
+        .arg("serve")
+        .env("NEREID_MODEL_REPOSITORY", &repo)
+        .env("NEREID_HOST", "127.0.0.1")
+        .env("NEREID_HTTP_PORT", "0")
+        .env("NEREID_GRPC_PORT", "0")
+        .env("NEREID_METRICS_PORT", "0")
+        .env("NEREID_PORT_FILE", &port_file)
+        .env("NEREID_HTTP_MAX_INPUT_SIZE", "2048")
+        .env("NEREID_MODEL_CONTROL_MODE", "explicit")
+        .env("NEREID_LOAD_MODEL", "identity_fp32")
+        .env(
+            "NEREID_HTTP_RESTRICTED_API",
+            "model-repository:admin-key=s3cret",
+        )
+        .env("NEREID_PREDICTION_LOG_DIR", dir.path().join("log"))
+        .env("NEREID_TRIGGER_RECORD_DIR", dir.path().join("record"))
+        .env("NEREID_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let _server = ChildGuard(child);
+    let doc = ports(&port_file).await;
+    let port = |name: &str| doc[name].as_u64().filter(|p| *p > 0).expect("a bound port");
+    let (http, grpc, metrics) = (port("http"), port("grpc"), port("metrics"));
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = |path: &str| format!("http://127.0.0.1:{http}{path}");
+    wait_for("ready", Duration::from_secs(60), async || {
+        let r = client.get(url("/v2/health/ready")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+
+    // Explicit control: only the model named in NEREID_LOAD_MODEL is loaded (the index is
+    // part of the restricted repository API).
+    let index: Value = client
+        .post(url("/v2/repository/index"))
+        .header("admin-key", "s3cret")
+        .send()
+        .await
+        .expect("index")
+        .json()
+        .await
+        .expect("json");
+    let state = |name: &str| {
+        index
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == name))
+            .map(|r| r["state"].clone())
+    };
+    assert_eq!(state("identity_fp32"), Some(json!("READY")), "{index}");
+    assert_eq!(
+        state("identity_bytes"),
+        Some(json!("")),
+        "not loaded: {index}"
+    );
+
+    // The body limit: 16 values fit in 2048 bytes of JSON, 1,000 do not.
+    let small = client
+        .post(url("/v2/models/identity_fp32/infer"))
+        .json(&identity_request(16))
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(small.status(), 200);
+    let large = client
+        .post(url("/v2/models/identity_fp32/infer"))
+        .json(
+            &json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16],
+                                  "data": vec![1.0; 16]}], "padding": "x".repeat(4096)}),
+        )
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(large.status(), 400);
+    let body: Value = large.json().await.expect("json");
+    assert!(body["error"].is_string(), "{body}");
+
+    // The restricted repository API.
+    let load = |header: Option<&'static str>| {
+        let mut request = client.post(url("/v2/repository/models/identity_bytes/load"));
+        if let Some(value) = header {
+            request = request.header("admin-key", value);
+        }
+        request.send()
+    };
+    assert_eq!(load(None).await.expect("load").status(), 403);
+    assert_eq!(load(Some("wrong")).await.expect("load").status(), 403);
+    assert_eq!(load(Some("s3cret")).await.expect("load").status(), 200);
+
+    // The other two listeners answer on their ports.
+    let text = client
+        .get(format!("http://127.0.0.1:{metrics}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("nv_inference_request_success"), "{text}");
+    let mut grpc_client = nereid_protocol::inference::grpc_inference_service_client::GrpcInferenceServiceClient::connect(
+        format!("http://127.0.0.1:{grpc}"),
+    )
+    .await
+    .expect("gRPC connects");
+    let live = grpc_client
+        .server_live(nereid_protocol::inference::ServerLiveRequest {})
+        .await
+        .expect("live")
+        .into_inner();
+    assert!(live.live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_then_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    // Requests wait in the queue for up to 1.5 s to form a batch of 8: in flight at SIGTERM.
+    std::fs::create_dir_all(repo.join("slow/1")).expect("mkdir");
+    std::fs::write(repo.join("slow/1/README"), "identity").expect("write");
+    std::fs::write(
+        repo.join("slow/config.pbtxt"),
+        "name: \"slow\"\nbackend: \"identity\"\nmax_batch_size: 8\n\
+         input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
+         output [ { name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
+         dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 1500000 }\n",
+    )
+    .expect("config");
+    let port_file = dir.path().join("ports.json");
+    let mut child = Command::new(NEREID)
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
+        .args(["--metrics-port", "0", "--model-repository"])
+        .arg(&repo)
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--prediction-log-dir")
+        .arg(dir.path().join("log"))
+        .env("NEREID_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let doc = ports(&port_file).await;
+    let (http, metrics) = (
+        doc["http"].as_u64().expect("http"),
+        doc["metrics"].as_u64().expect("metrics"),
+    );
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let infer_url = format!("http://127.0.0.1:{http}/v2/models/slow/infer");
+    wait_for("ready", Duration::from_secs(60), async || {
+        let r = client
+            .get(format!("http://127.0.0.1:{http}/v2/health/ready"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let in_flight: Vec<_> = (0..3)
+        .map(|i| {
+            let (client, url) = (client.clone(), infer_url.clone());
+            tokio::spawn(async move {
+                let body = json!({"inputs": [{"name": "INPUT0", "datatype": "FP32",
+                                              "shape": [1, 1], "data": [i as f32]}]});
+                let reply = client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("in-flight request");
+                (
+                    reply.status().as_u16(),
+                    reply.json::<Value>().await.expect("json"),
+                )
+            })
+        })
+        .collect();
+    // Signal only once the three wait in the model's queue.
+    wait_for(
+        "three queued requests",
+        Duration::from_secs(30),
+        async || {
+            let text = client
+                .get(format!("http://127.0.0.1:{metrics}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .any(|l| l.starts_with("nv_inference_pending_request_count{") && l.ends_with(" 3"))
+                .then_some(())
+        },
+    )
+    .await;
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    for (i, request) in in_flight.into_iter().enumerate() {
+        let (status, body) = request.await.expect("task");
+        assert_eq!(status, 200, "request {i} in flight at SIGTERM: {body}");
+        assert_eq!(body["outputs"][0]["data"], json!([i as f32]));
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "exit status {status}");
+    // Gone: a new request finds nobody listening.
+    let after = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(&infer_url)
+        .json(&identity_request(1))
+        .send()
+        .await;
+    assert!(
+        after.is_err_and(|e| e.is_connect()),
+        "a request after exit was answered"
+    );
+}
+
+#[test]
+fn repository_feature_store_and_pipeline_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let here = dir.path();
+    let repo = here.join("repo");
+    copy_dir(
+        &Path::new(MODEL_REPO).join("identity_fp32"),
+        &repo.join("identity_fp32"),
+    );
+
+    let (code, out, err) = run(here, &["repo", "validate", "repo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("identity_fp32"), "{out}");
+    std::fs::create_dir_all(here.join("v2")).expect("mkdir");
+    std::fs::write(here.join("v2/README"), "identity").expect("write");
+    let (code, out, err) = run(
+        here,
+        &[
+            "repo",
+            "publish",
+            "--repository",
+            "repo",
+            "--model",
+            "identity_fp32",
+            "--from",
+            "v2",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("published identity_fp32 version 2 at "),
+        "{out}"
+    );
+    // A broken config: validate says which model and why, and fails.
+    copy_dir(
+        &Path::new(MODEL_REPO).join("identity_fp32"),
+        &repo.join("broken"),
+    );
+    std::fs::write(
+        repo.join("broken/config.pbtxt"),
+        "name: \"broken\"\nmax_batch_size: -1\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(here, &["repo", "validate", "repo"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains("broken"), "{out}{err}");
+
+    std::fs::write(here.join("a.csv"), "id,x\n1,2.5\n2,3.5\n").expect("csv");
+    std::fs::write(here.join("b.csv"), "id,x\n1,9.5\n").expect("csv");
+    for file in ["a.csv", "b.csv"] {
+        let (code, out, err) = run(
+            here,
+            &[
+                "features",
+                "ingest",
+                file,
+                "--name",
+                "customers",
+                "--store",
+                "fs",
+            ],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (code, out, err) = run(
+        here,
+        &[
+            "features",
+            "diff",
+            "customers@1",
+            "customers@2",
+            "--store",
+            "fs",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("rows: 2 -> 1"), "{out}");
+    let (code, out, err) = run(here, &["features", "verify", "--store", "fs"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 dataset version(s) verified"), "{out}");
+    // Tampering with a stored file is caught, and fails the command.
+    let objects = here.join("fs/objects");
+    let first = std::fs::read_dir(&objects)
+        .expect("objects")
+        .next()
+        .expect("one")
+        .expect("entry");
+    std::fs::write(first.path().join("data.parquet"), "not parquet any more").expect("tamper");
+    let (code, out, err) = run(here, &["features", "verify", "--store", "fs"]);
+    assert_ne!(code, 0, "{out}{err}");
+
+    let (code, out, err) = run(here, &["pipeline", "list", "--runs-dir", "runs"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no pipeline runs"), "{out}");
+
+    // Bad arguments: clap's usage errors (exit 2), naming what is wrong.
+    let (code, _, err) = run(here, &["serve", "--http-port", "eighty"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'eighty'"), "{err}");
+    let (code, _, err) = run(here, &["frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unrecognized subcommand 'frobnicate'"),
+        "{err}"
+    );
+    let (code, _, err) = run(here, &["serve", "--model-control-mode", "sometimes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sometimes"), "{err}");
+    // A repository that does not exist: a plain error, exit 1.
+    let (code, _, err) = run(
+        here,
+        &[
+            "serve",
+            "--model-repository",
+            "missing",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("missing"), "{err}");
+}
