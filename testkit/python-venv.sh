@@ -26,3 +26,26 @@ make_venv() {
         exit 3
     fi
 }
+
+# install_pinned VENV MIN_PYTHON NEEDED_BY PACKAGE [DEP...]: makes VENV hold PACKAGE and the DEPs,
+# each pinned exactly and installed with --no-deps (no resolver runs, no pip cache), once: a
+# marker named after the whole set skips the work next time (changing any pin reinstalls), and a
+# lock on VENV.lock, held until the calling script exits, serialises concurrent test processes.
+# Nothing goes to stdout; missing prerequisites exit 3 as in make_venv.
+install_pinned() {
+    local venv="$1" min_python="$2" needed_by="$3"
+    shift 3
+    local set_hash marker
+    set_hash=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
+    marker="$venv/.nereid-installed-$1-$set_hash"
+    exec 9>"$venv.lock"
+    flock 9
+    if [ -f "$marker" ] && [ -x "$venv/bin/python" ]; then
+        return 0
+    fi
+    make_venv "$venv" "$min_python" "$needed_by"
+    echo "installing $1 and $(($# - 1)) pinned dependencies into $venv" >&2
+    "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir \
+        --quiet --no-deps "$@" >&2
+    touch "$marker"
+}

@@ -27,21 +27,5 @@ DEPS=(
 
 server_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="${NEREID_MOTO_VENV:-$server_dir/.venv-moto}"
-# The marker names the whole pinned set, so changing any pin reinstalls.
-set_hash=$(printf '%s\n' "$PACKAGE" "${DEPS[@]}" | sha256sum | cut -c1-12)
-marker="$venv/.nereid-installed-$PACKAGE-$set_hash"
-
-# Concurrent test processes share one install.
-exec 9>"$venv.lock"
-flock 9
-
-if [ -f "$marker" ] && [ -x "$venv/bin/moto_server" ]; then
-    echo "$venv/bin/moto_server"
-    exit 0
-fi
-make_venv "$venv" "3.9" "moto 5"
-echo "installing $PACKAGE and ${#DEPS[@]} pinned dependencies into $venv" >&2
-"$venv/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir \
-    --quiet --no-deps "$PACKAGE" "${DEPS[@]}" >&2
-touch "$marker"
+install_pinned "$venv" "3.9" "moto 5" "$PACKAGE" "${DEPS[@]}"
 echo "$venv/bin/moto_server"

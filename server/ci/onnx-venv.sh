@@ -24,29 +24,10 @@ DEPS=(
 
 server_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="${NEREID_ONNX_VENV:-$server_dir/.venv-onnx}"
-set_hash=$(printf '%s\n' "$PACKAGE" "${DEPS[@]}" | sha256sum | cut -c1-12)
-marker="$venv/.nereid-installed-$PACKAGE-$set_hash"
-
-find_library() {
-    find "$venv" -name 'libonnxruntime.so.*' -print -quit 2>/dev/null
-}
-
-# Concurrent test processes share one install.
-exec 9>"$venv.lock"
-flock 9
-
-if [ -f "$marker" ] && [ -x "$venv/bin/python" ] && lib=$(find_library) && [ -n "$lib" ]; then
-    printf '%s\n%s\n' "$venv/bin/python" "$lib"
-    exit 0
-fi
-make_venv "$venv" "3.11" "the pinned numpy"
-echo "installing $PACKAGE and ${#DEPS[@]} pinned dependencies into $venv" >&2
-"$venv/bin/python" -m pip install --disable-pip-version-check --no-input --no-cache-dir \
-    --quiet --no-deps "$PACKAGE" "${DEPS[@]}" >&2
-lib=$(find_library)
+install_pinned "$venv" "3.11" "the pinned numpy" "$PACKAGE" "${DEPS[@]}"
+lib=$(find "$venv" -name 'libonnxruntime.so.*' -print -quit 2>/dev/null)
 if [ -z "$lib" ]; then
     echo "$PACKAGE installed but no libonnxruntime.so.* found under $venv" >&2
     exit 1
 fi
-touch "$marker"
 printf '%s\n%s\n' "$venv/bin/python" "$lib"

@@ -5,28 +5,19 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{copy_dir, wait_for, ChildGuard, MODEL_REPO};
+use common::{copy_dir, wait_for, ChildGuard, ServedBinary, MODEL_REPO};
 use serde_json::{json, Value};
 
 const NEREID: &str = env!("CARGO_BIN_EXE_nereid");
 
 /// `nereid ARGS` in `dir`: (exit code, stdout, stderr).
 fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(NEREID)
-        .args(args)
-        .current_dir(dir)
-        .env("NEREID_LOG", "warn")
-        .output()
-        .expect("nereid runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::nereid_output(args, &[], Some(dir))
 }
 
 /// The ports a server wrote to `file`, once it has.
@@ -181,32 +172,13 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
          dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 1500000 }\n",
     )
     .expect("config");
-    let port_file = dir.path().join("ports.json");
-    let mut child = Command::new(NEREID)
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ])
-        .args(["--metrics-port", "0", "--model-repository"])
-        .arg(&repo)
-        .arg("--port-file")
-        .arg(&port_file)
-        .arg("--prediction-log-dir")
-        .arg(dir.path().join("log"))
-        .env("NEREID_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let doc = ports(&port_file).await;
-    let (http, metrics) = (
-        doc["http"].as_u64().expect("http"),
-        doc["metrics"].as_u64().expect("metrics"),
-    );
+    let mut server = ServedBinary::start(
+        dir.path(),
+        &[OsStr::new("--model-repository"), repo.as_os_str()],
+        &[],
+    )
+    .await;
+    let (http, metrics) = (server.http, server.metrics);
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -260,7 +232,7 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
     )
     .await;
     let signalled = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.0.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(signalled.success());
@@ -269,7 +241,7 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         assert_eq!(status, 200, "request {i} in flight at SIGTERM: {body}");
         assert_eq!(body["outputs"][0]["data"], json!([i as f32]));
     }
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || server.child.0.wait())
         .await
         .expect("join")
         .expect("wait");

@@ -9,17 +9,16 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_for, ChildGuard};
+use common::{wait_for, ServedBinary};
 use nereid_protocol::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use nereid_protocol::inference::model_infer_request::InferInputTensor;
 use nereid_protocol::inference::ModelInferRequest;
 use serde_json::{json, Value};
-
-const NEREID: &str = env!("CARGO_BIN_EXE_nereid");
 
 /// Every model make_models.py writes, and whether it must load.
 const MODELS: &[(&str, bool)] = &[
@@ -47,48 +46,45 @@ const MODELS: &[(&str, bool)] = &[
 struct Served {
     http: String,
     grpc: String,
-    _child: ChildGuard,
+    _server: ServedBinary,
 }
 
 /// `nereid serve` over `repo` with ONNX Runtime's library at `library`.
 async fn serve(repo: &Path, library: &str, scratch: &Path) -> Served {
-    let ports = scratch.join("ports.json");
-    let child = Command::new(NEREID)
-        .args(["serve", "--model-repository"])
-        .arg(repo)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ])
-        .args([
-            "--metrics-port",
-            "0",
-            "--strict-readiness",
-            "false",
-            "--port-file",
-        ])
-        .arg(&ports)
-        .arg("--prediction-log-dir")
-        .arg(scratch.join("log"))
-        .env("NEREID_ONNXRUNTIME_LIB", library)
-        .env("NEREID_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let child = ChildGuard(child);
-    let doc = wait_for("the port file", Duration::from_secs(60), async || {
-        serde_json::from_slice::<Value>(&std::fs::read(&ports).ok()?).ok()
-    })
+    let args = [
+        OsStr::new("--model-repository"),
+        repo.as_os_str(),
+        OsStr::new("--strict-readiness"),
+        OsStr::new("false"),
+    ];
+    let server = ServedBinary::start(
+        scratch,
+        &args,
+        &[("NEREID_ONNXRUNTIME_LIB", library.to_string())],
+    )
     .await;
     Served {
-        http: format!("http://127.0.0.1:{}", doc["http"]),
-        grpc: format!("http://127.0.0.1:{}", doc["grpc"]),
-        _child: child,
+        http: format!("http://127.0.0.1:{}", server.http),
+        grpc: format!("http://127.0.0.1:{}", server.grpc),
+        _server: server,
     }
+}
+
+/// POSTs `body` to the model's infer endpoint: (status, JSON body).
+async fn infer(
+    client: &reqwest::Client,
+    served: &Served,
+    model: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let reply = client
+        .post(format!("{}/v2/models/{model}/infer", served.http))
+        .json(body)
+        .send()
+        .await
+        .expect("infer");
+    let status = reply.status().as_u16();
+    (status, reply.json().await.expect("a JSON body"))
 }
 
 /// The repository index once every model has settled (ready or failed), by name.
@@ -300,30 +296,21 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
     // Each case as ONNX Runtime in Python computed it.
     for case in &cases {
         let model = case["model"].as_str().expect("model");
-        let reply = client
-            .post(format!("{}/v2/models/{model}/infer", served.http))
-            .json(&json!({"inputs": case["inputs"]}))
-            .send()
-            .await
-            .expect("infer");
-        assert_eq!(reply.status(), 200, "{model}");
-        let body: Value = reply.json().await.expect("json");
+        let (status, body) =
+            infer(&client, &served, model, &json!({"inputs": case["inputs"]})).await;
+        assert_eq!(status, 200, "{model}: {body}");
         assert_same_outputs(model, &body, &case["outputs"]);
     }
 
     // An ensemble mixing backends: ONNX, then argmax.
-    let reply: Value = client
-        .post(format!("{}/v2/models/double_then_pick/infer", served.http))
-        .json(
-            &json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [2, 3],
+    let (_, reply) = infer(
+        &client,
+        &served,
+        "double_then_pick",
+        &json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [2, 3],
                                   "data": [1.0, 5.0, 2.0, -1.0, -3.0, -0.5]}]}),
-        )
-        .send()
-        .await
-        .expect("infer")
-        .json()
-        .await
-        .expect("json");
+    )
+    .await;
     let output = |name: &str| {
         reply["outputs"]
             .as_array()
@@ -346,15 +333,7 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
                                       "shape": [chunk.len(), 4], "data": data}]});
         let mut answers = Vec::new();
         for model in ["iris_classifier", "iris_onnx"] {
-            let reply: Value = client
-                .post(format!("{}/v2/models/{model}/infer", served.http))
-                .json(&body)
-                .send()
-                .await
-                .expect("infer")
-                .json()
-                .await
-                .expect("json");
+            let (_, reply) = infer(&client, &served, model, &body).await;
             let values: Vec<f64> = reply["outputs"][0]["data"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{model}: {reply}"))
@@ -384,16 +363,14 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
             .and_then(|y| y.flatten_all())
             .and_then(|y| y.to_vec1())
             .expect("forward");
-        let reply: Value = client
-            .post(format!("{}/v2/models/{name}/infer", served.http))
-            .json(&json!({"inputs": [{"name": "X", "datatype": "FP32",
-                                      "shape": [rows.len() / 5, 5], "data": rows}]}))
-            .send()
-            .await
-            .expect("infer")
-            .json()
-            .await
-            .expect("json");
+        let (_, reply) = infer(
+            &client,
+            &served,
+            name,
+            &json!({"inputs": [{"name": "X", "datatype": "FP32",
+                                      "shape": [rows.len() / 5, 5], "data": rows}]}),
+        )
+        .await;
         let got: Vec<f64> = reply["outputs"][0]["data"]
             .as_array()
             .unwrap_or_else(|| panic!("{name}: {reply}"))
@@ -407,29 +384,28 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
     }
 
     // A request that fails inside ONNX Runtime fails alone, with Triton's wording.
-    let reply = client
-        .post(format!("{}/v2/models/lookup/infer", served.http))
-        .json(
-            &json!({"inputs": [{"name": "INDEX", "datatype": "INT64", "shape": [1], "data": [7]}]}),
-        )
-        .send()
-        .await
-        .expect("infer");
-    assert_eq!(reply.status(), 500);
-    let body: Value = reply.json().await.expect("json");
+    let (status, body) = infer(
+        &client,
+        &served,
+        "lookup",
+        &json!({"inputs": [{"name": "INDEX", "datatype": "INT64", "shape": [1], "data": [7]}]}),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.starts_with("onnx runtime error 2: "), "{error}");
     let lookup = cases
         .iter()
         .find(|c| c["model"] == "lookup")
         .expect("lookup case");
-    let reply = client
-        .post(format!("{}/v2/models/lookup/infer", served.http))
-        .json(&json!({"inputs": lookup["inputs"]}))
-        .send()
-        .await
-        .expect("infer");
-    assert_eq!(reply.status(), 200, "the model serves on");
+    let (status, _) = infer(
+        &client,
+        &served,
+        "lookup",
+        &json!({"inputs": lookup["inputs"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "the model serves on");
 
     // Every datatype, through gRPC's raw contents.
     let mut grpc = GrpcInferenceServiceClient::connect(served.grpc.clone())

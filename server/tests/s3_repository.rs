@@ -18,13 +18,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_for, ChildGuard, MODEL_REPO};
+use common::{wait_for, ChildGuard, ServedBinary, MODEL_REPO};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use serde_json::{json, Value};
 
-const NEREID: &str = env!("CARGO_BIN_EXE_nereid");
 const BUCKET: &str = "nereid-models";
 const MARKER: &str = nereid_pipeline::repository::PUBLISHING_MARKER;
 
@@ -158,17 +157,8 @@ async fn moto_with_bucket() -> Option<Moto> {
 
 /// `nereid ARGS` with the S3 settings in `env`: (success, stdout, stderr).
 fn nereid_with(env: &[(&'static str, String)], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(NEREID)
-        .args(args)
-        .envs(env.iter().cloned())
-        .env("NEREID_LOG", "warn")
-        .output()
-        .expect("nereid runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, stdout, stderr) = common::nereid_output(args, env, None);
+    (code == 0, stdout, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,40 +274,20 @@ async fn s3_repository_publish_race_and_serve() {
 
     // The server follows the bucket.
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = dir.path().join("ports.json");
-    let child = Command::new(NEREID)
-        .args(["serve", "--model-repository"])
-        .arg(format!("s3://{BUCKET}/repo"))
-        .args([
-            "--model-control-mode",
-            "poll",
-            "--repository-poll-secs",
-            "1",
-        ])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ])
-        .args(["--metrics-port", "0", "--port-file"])
-        .arg(&ports)
-        .arg("--prediction-log-dir")
-        .arg(dir.path().join("log"))
-        .envs(moto.env())
-        .env("NEREID_LOG", "warn")
-        .env("TMPDIR", dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let _server = ChildGuard(child);
-    let http = wait_for("the port file", Duration::from_secs(60), async || {
-        let doc: Value = serde_json::from_slice(&std::fs::read(&ports).ok()?).ok()?;
-        doc["http"].as_u64()
-    })
-    .await;
+    let repository = format!("s3://{BUCKET}/repo");
+    let args = [
+        "--model-repository",
+        &repository,
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "1",
+    ]
+    .map(std::ffi::OsStr::new);
+    let mut env = moto.env().to_vec();
+    env.push(("TMPDIR", dir.path().display().to_string()));
+    let server = ServedBinary::start(dir.path(), &args, &env).await;
+    let http = server.http;
     let served = async |model: &str| -> Value {
         let url = format!("http://127.0.0.1:{http}/v2/models/{model}");
         match client.get(url).send().await {

@@ -5,9 +5,9 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -444,44 +444,22 @@ action = {{ kind = "webhook", url = "http://{broken}/hook", token_env = "TEST_HO
     ]);
     assert!(!ok && err.contains("unknown kind on = \"rain\""), "{err}");
 
-    let ports = dir.path().join("ports.json");
-    let child = Command::new(NEREID)
-        .args([
-            "serve",
-            "--model-repository",
-            MODEL_REPO,
-            "--host",
-            "127.0.0.1",
-        ])
-        .args([
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
-        .arg("--port-file")
-        .arg(&ports)
-        .arg("--triggers")
-        .arg(&file)
-        .arg("--trigger-record-dir")
-        .arg(dir.path().join("record"))
-        .arg("--prediction-log-dir")
-        .arg(dir.path().join("log"))
-        .env("NEREID_LOG", "warn")
-        .env("TEST_AIRFLOW_USER", "nereid")
-        .env("TEST_AIRFLOW_PASSWORD", "s3cret")
-        .env("TEST_HOOK_TOKEN", "tok-123")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let _served = common::ChildGuard(child);
-    let http = wait_for("the port file", async || {
-        let doc: Value = serde_json::from_slice(&std::fs::read(&ports).ok()?).ok()?;
-        doc["http"].as_u64()
-    })
-    .await;
+    let record = dir.path().join("record");
+    let args = [
+        OsStr::new("--model-repository"),
+        OsStr::new(MODEL_REPO),
+        OsStr::new("--triggers"),
+        file.as_os_str(),
+        OsStr::new("--trigger-record-dir"),
+        record.as_os_str(),
+    ];
+    let env = [
+        ("TEST_AIRFLOW_USER", "nereid".to_string()),
+        ("TEST_AIRFLOW_PASSWORD", "s3cret".to_string()),
+        ("TEST_HOOK_TOKEN", "tok-123".to_string()),
+    ];
+    let served = common::ServedBinary::start(dir.path(), &args, &env).await;
+    let http = served.http;
     let url = format!("http://127.0.0.1:{http}");
 
     let (ok, out, err) = nereid(&["triggers", "fire", "to-airflow", "--url", &url]);

@@ -619,16 +619,98 @@ pub async fn send_rows(
 
 /// Runs the `nereid` binary with `args`: (success, stdout, stderr).
 pub fn nereid(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nereid"))
+    let (code, stdout, stderr) = nereid_output(args, &[], None);
+    (code == 0, stdout, stderr)
+}
+
+/// Runs the `nereid` binary with `args`, the environment variables `env` added, in `dir` (or
+/// here): (exit code, -1 when killed by a signal; stdout; stderr).
+pub fn nereid_output(
+    args: &[&str],
+    env: &[(&str, String)],
+    dir: Option<&Path>,
+) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_nereid"));
+    command
         .args(args)
-        .env("NEREID_LOG", "warn")
-        .output()
-        .expect("nereid runs");
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("NEREID_LOG", "warn");
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let out = command.output().expect("nereid runs");
     (
-        out.status.success(),
+        out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `nereid serve` started as a user would, on loopback with ports 0, killed when dropped.
+pub struct ServedBinary {
+    pub http: u16,
+    pub grpc: u16,
+    pub metrics: u16,
+    pub child: ChildGuard,
+}
+
+impl ServedBinary {
+    /// Starts `nereid serve` with `args` (after the listener flags) and the environment
+    /// variables `env` added, writing its port file, prediction log and stderr (`nereid.log`)
+    /// in `scratch`; returns once the port file names the bound ports.
+    pub async fn start(
+        scratch: &Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, String)],
+    ) -> ServedBinary {
+        let port_file = scratch.join("ports.json");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_nereid"))
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+            ])
+            .args(["--metrics-port", "0", "--port-file"])
+            .arg(&port_file)
+            .arg("--prediction-log-dir")
+            .arg(scratch.join("prediction-log"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("NEREID_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(scratch.join("nereid.log")).expect("log file"))
+            .spawn()
+            .expect("nereid serve starts");
+        let child = ChildGuard(child);
+        let doc = wait_for(
+            "the port file",
+            std::time::Duration::from_secs(60),
+            async || serde_json::from_slice::<Value>(&std::fs::read(&port_file).ok()?).ok(),
+        )
+        .await;
+        let port = |name: &str| {
+            doc[name]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .unwrap_or_else(|| panic!("no {name} port in {doc}"))
+        };
+        ServedBinary {
+            http: port("http"),
+            grpc: port("grpc"),
+            metrics: port("metrics"),
+            child,
+        }
+    }
+
+    /// `http://127.0.0.1:<http port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.

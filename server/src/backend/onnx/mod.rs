@@ -132,17 +132,12 @@ pub fn autocomplete(config: &mut ModelConfig, io: &GraphIo) -> Result<(), String
             })
             .collect();
     } else {
-        for input in &config.input {
-            let graph = io.inputs.iter().find(|t| t.name == input.name).ok_or_else(|| {
-                format!(
-                    "model '{m}': the configuration declares input '{}', but the ONNX graph's inputs are {}",
-                    input.name,
-                    names(&io.inputs)
-                )
-            })?;
-            let shape = input.reshape.as_ref().map_or(&input.dims, |r| &r.shape);
-            check_tensor(&m, "input", input.data_type, shape, graph, batching)?;
-        }
+        let declared = config.input.iter().map(|i| Declared {
+            name: &i.name,
+            data_type: i.data_type,
+            shape: i.reshape.as_ref().map_or(&i.dims, |r| &r.shape),
+        });
+        check_declared(&m, "input", declared, &io.inputs, batching)?;
         if let Some(missing) = io
             .inputs
             .iter()
@@ -166,17 +161,40 @@ pub fn autocomplete(config: &mut ModelConfig, io: &GraphIo) -> Result<(), String
             })
             .collect();
     } else {
-        for output in &config.output {
-            let graph = io.outputs.iter().find(|t| t.name == output.name).ok_or_else(|| {
-                format!(
-                    "model '{m}': the configuration declares output '{}', but the ONNX graph's outputs are {}",
-                    output.name,
-                    names(&io.outputs)
-                )
-            })?;
-            let shape = output.reshape.as_ref().map_or(&output.dims, |r| &r.shape);
-            check_tensor(&m, "output", output.data_type, shape, graph, batching)?;
-        }
+        let declared = config.output.iter().map(|o| Declared {
+            name: &o.name,
+            data_type: o.data_type,
+            shape: o.reshape.as_ref().map_or(&o.dims, |r| &r.shape),
+        });
+        check_declared(&m, "output", declared, &io.outputs, batching)?;
+    }
+    Ok(())
+}
+
+/// A tensor as the configuration declares it (its reshape, if any, is what the model sees).
+struct Declared<'a> {
+    name: &'a str,
+    data_type: i32,
+    shape: &'a [i64],
+}
+
+/// Each declared tensor exists in the graph, with its datatype and a shape it accepts.
+fn check_declared<'a>(
+    m: &str,
+    kind: &str,
+    declared: impl Iterator<Item = Declared<'a>>,
+    graph: &[GraphTensor],
+    batching: bool,
+) -> Result<(), String> {
+    for tensor in declared {
+        let found = graph.iter().find(|t| t.name == tensor.name).ok_or_else(|| {
+            format!(
+                "model '{m}': the configuration declares {kind} '{}', but the ONNX graph's {kind}s are {}",
+                tensor.name,
+                names(graph)
+            )
+        })?;
+        check_tensor(m, kind, tensor.data_type, tensor.shape, found, batching)?;
     }
     Ok(())
 }
