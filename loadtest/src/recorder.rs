@@ -3,7 +3,8 @@
 //! Concurrency: workers (closed loop) or request tasks (open loop) record into the current
 //! window under a `std` mutex held for a few additions, never across an `.await`; the step's
 //! controller swaps in a fresh window at each boundary. A request belongs to the window in which
-//! it completes. Errors are counted by kind and never enter the latency histogram.
+//! it completes. Errors are counted by kind and never enter the latency histogram (their own
+//! histogram says how long failing took).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -28,6 +29,9 @@ pub struct Window {
     pub latency: Histogram<u64>,
     /// Open loop: how late each send left relative to its scheduled time, in microseconds.
     pub send_lag: Histogram<u64>,
+    /// How long failed requests took to fail, in microseconds (a server that refuses overload
+    /// should refuse it quickly).
+    pub error_latency: Histogram<u64>,
     pub sent: u64,
     pub succeeded: u64,
     pub errors: BTreeMap<String, u64>,
@@ -40,6 +44,7 @@ impl Default for Window {
         Window {
             latency: histogram(),
             send_lag: histogram(),
+            error_latency: histogram(),
             sent: 0,
             succeeded: 0,
             errors: BTreeMap::new(),
@@ -59,6 +64,9 @@ impl Window {
             .expect("histograms share bounds. This is a bug.");
         self.send_lag
             .add(&other.send_lag)
+            .expect("histograms share bounds. This is a bug.");
+        self.error_latency
+            .add(&other.error_latency)
             .expect("histograms share bounds. This is a bug.");
         self.sent += other.sent;
         self.succeeded += other.succeeded;
@@ -110,6 +118,7 @@ impl Recorder {
                 window.latency.saturating_record(micros(latency));
             }
             Err(err) => {
+                window.error_latency.saturating_record(micros(latency));
                 let kind = err.kind();
                 if !window.error_examples.contains_key(&kind) {
                     window.error_examples.insert(kind.clone(), err.to_string());

@@ -54,6 +54,8 @@ pub struct StepReport {
     pub send_lag_us: Option<Latency>,
     pub errors: BTreeMap<String, u64>,
     pub error_examples: BTreeMap<String, String>,
+    /// How long the failed requests took to fail, when any failed.
+    pub error_latency_us: Option<Latency>,
     /// The server's statistics over the reported windows.
     pub server: Option<ServerSide>,
     /// Requests that completed while the statistics samples at the two ends of the reported
@@ -170,6 +172,13 @@ impl Report {
                     |c| format!("concurrency {c}"),
                 );
                 let _ = writeln!(out, "errors at {step}: {count} x {kind} (e.g. {example})");
+            }
+            if let Some(l) = &s.error_latency_us {
+                let _ = writeln!(
+                    out,
+                    "failures took p50 {} us, p99 {} us, max {} us",
+                    l.p50, l.p99, l.max
+                );
             }
         }
         if let Some(note) = &self.stats_note {

@@ -345,6 +345,7 @@ fn summarise(
         failed: merged.failed(),
         latency_us: Latency::of(&merged.latency),
         send_lag_us: rate.map(|_| Latency::of(&merged.send_lag)),
+        error_latency_us: (merged.failed() > 0).then(|| Latency::of(&merged.error_latency)),
         errors: merged.errors.clone(),
         error_examples: totals.error_examples.clone(),
         server,

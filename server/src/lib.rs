@@ -66,6 +66,9 @@ pub struct ServeConfig {
     pub grpc_restricted: Vec<restrict::Restriction>,
     /// Prediction log location and retention for monitored versions.
     pub monitoring: lifecycle::MonitorSettings,
+    /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
+    /// size limits); see [`model::VersionSettings::max_queue_wait`].
+    pub max_queue_wait: Option<Duration>,
     /// Retraining triggers (`--triggers FILE`).
     pub triggers: Option<nereid_pipeline::triggers::TriggerSettings>,
 }
@@ -89,6 +92,7 @@ impl ServeConfig {
             http_restricted: Vec::new(),
             grpc_restricted: Vec::new(),
             monitoring: lifecycle::MonitorSettings::default(),
+            max_queue_wait: Some(model::DEFAULT_MAX_QUEUE_WAIT),
             triggers: None,
         }
     }
@@ -145,13 +149,15 @@ pub async fn start(
     };
     let (mode, startup) = (config.model_control_mode, config.load_models.clone());
     let local = repository.clone();
-    let monitoring = config.monitoring.clone();
-    let registry = tokio::task::spawn_blocking(move || {
-        ModelRegistry::open(&local, mode, &startup, monitoring)
-    })
-    .await
-    .context("model loading panicked")?
-    .with_context(|| format!("failed to read model repository {}", repository.display()))?;
+    let settings = model::VersionSettings {
+        monitoring: config.monitoring.clone(),
+        max_queue_wait: config.max_queue_wait,
+    };
+    let registry =
+        tokio::task::spawn_blocking(move || ModelRegistry::open(&local, mode, &startup, settings))
+            .await
+            .context("model loading panicked")?
+            .with_context(|| format!("failed to read model repository {}", repository.display()))?;
     let registry = Arc::new(registry);
     let triggers = match config.triggers.clone() {
         Some(settings) => {

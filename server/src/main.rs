@@ -184,6 +184,13 @@ struct ServeArgs {
     #[arg(long, env = "NEREID_PREDICTION_LOG_SEGMENT_BYTES", default_value_t = 64 << 20)]
     prediction_log_segment_bytes: u64,
 
+    /// Refuse a request (503 / UNAVAILABLE, "Exceeds maximum queue size") when the requests
+    /// queued ahead of it in its model would take longer than this many milliseconds to clear at
+    /// the model's measured cost per request, so that overload is answered at once instead of
+    /// queued; 0 turns it off. A model's config parameter `nereid.max_queue_wait_ms` overrides it.
+    #[arg(long, env = "NEREID_MAX_QUEUE_WAIT_MS", default_value_t = 2000)]
+    max_queue_wait_ms: u64,
+
     /// Retraining triggers (`triggers.toml`): drift, schedule, new data or live metrics start a
     /// pipeline run, a webhook or an Airflow DAG run. Reloaded when it changes.
     #[arg(long, env = "NEREID_TRIGGERS")]
@@ -224,6 +231,8 @@ impl From<ServeArgs> for ServeConfig {
                     max_age: Duration::from_secs(a.prediction_log_max_age_secs),
                 },
             },
+            max_queue_wait: (a.max_queue_wait_ms > 0)
+                .then(|| Duration::from_millis(a.max_queue_wait_ms)),
             triggers: a.triggers.map(|file| {
                 nereid_pipeline::triggers::TriggerSettings::new(
                     file,

@@ -76,6 +76,49 @@ pub struct Prepared {
     pub outputs_on_device: bool,
 }
 
+/// What every loaded version shares, from the server's flags.
+#[derive(Debug, Clone)]
+pub struct VersionSettings {
+    /// Prediction log location and retention for monitored versions.
+    pub monitoring: MonitorSettings,
+    /// Admission limit on a newcomer's expected wait in a model's queue (see
+    /// [`crate::scheduler::WaitLimit`]); `None` admits up to the queue size limits only. A model
+    /// overrides it with the parameter `nereid.max_queue_wait_ms` (0: no limit).
+    pub max_queue_wait: Option<Duration>,
+}
+
+/// The server-wide default of [`VersionSettings::max_queue_wait`].
+pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// The config parameter that overrides [`VersionSettings::max_queue_wait`] for one model.
+pub const MAX_QUEUE_WAIT_PARAMETER: &str = "nereid.max_queue_wait_ms";
+
+impl Default for VersionSettings {
+    fn default() -> Self {
+        VersionSettings {
+            monitoring: MonitorSettings::default(),
+            max_queue_wait: Some(DEFAULT_MAX_QUEUE_WAIT),
+        }
+    }
+}
+
+impl VersionSettings {
+    /// The wait limit of the model configured by `config`.
+    fn max_queue_wait(&self, config: &ModelConfig) -> Result<Option<Duration>, Error> {
+        match config.parameters.get(MAX_QUEUE_WAIT_PARAMETER) {
+            None => Ok(self.max_queue_wait),
+            Some(p) => match p.string_value.trim().parse::<u64>() {
+                Ok(0) => Ok(None),
+                Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+                Err(_) => Err(Error::invalid_arg(format!(
+                    "model '{}': parameter '{MAX_QUEUE_WAIT_PARAMETER}' must be a whole number of milliseconds (0: no limit), got '{}'",
+                    config.name, p.string_value
+                ))),
+            },
+        }
+    }
+}
+
 impl ModelVersion {
     /// Loads one version: creates every instance's backend, then starts the workers and, when
     /// the version is monitored, its monitor.
@@ -83,8 +126,9 @@ impl ModelVersion {
         config: Arc<ModelConfig>,
         model_dir: &Path,
         version: u64,
-        monitoring: &MonitorSettings,
+        settings: &VersionSettings,
     ) -> Result<Self, Error> {
+        let monitoring = &settings.monitoring;
         let started = std::time::Instant::now();
         let name = config.name.clone();
         let inputs = config
@@ -152,10 +196,12 @@ impl ModelVersion {
                 }
             }
             device = backend::common_device(&instances);
-            let scheduler = Scheduler::start(&name, policy, instances, Arc::clone(&stats))
-                .map_err(|e| {
-                    Error::internal(format!("failed to start instances of model '{name}': {e}"))
-                })?;
+            let max_queue_wait = settings.max_queue_wait(&config)?;
+            let scheduler =
+                Scheduler::start(&name, policy, instances, Arc::clone(&stats), max_queue_wait)
+                    .map_err(|e| {
+                        Error::internal(format!("failed to start instances of model '{name}': {e}"))
+                    })?;
             Executor::Scheduled(scheduler)
         };
         let monitor = start_monitor(

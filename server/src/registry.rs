@@ -28,8 +28,7 @@ use nereid_protocol::inference::ModelConfig;
 use nereid_protocol::Error;
 
 use crate::ensemble::EnsemblePlan;
-use crate::lifecycle::MonitorSettings;
-use crate::model::ModelVersion;
+use crate::model::{ModelVersion, VersionSettings};
 use crate::repository::{self, ModelSource};
 
 /// `--model-control-mode`, with Triton's semantics.
@@ -139,8 +138,8 @@ pub struct ModelRegistry {
     /// Serialises every change (load, unload, poll); holds what the previous poll saw.
     changes: Mutex<HashMap<String, u64>>,
     overrides: AtomicU64,
-    /// Where monitored versions keep their prediction logs.
-    monitoring: MonitorSettings,
+    /// What every loaded version shares (prediction logs, queue admission).
+    settings: VersionSettings,
 }
 
 impl ModelRegistry {
@@ -152,7 +151,7 @@ impl ModelRegistry {
         repository: &Path,
         mode: ControlMode,
         startup_models: &[String],
-        monitoring: MonitorSettings,
+        settings: VersionSettings,
     ) -> std::io::Result<Self> {
         let sources = repository::scan(repository)?;
         let registry = ModelRegistry {
@@ -161,7 +160,7 @@ impl ModelRegistry {
             models: ArcSwap::from_pointee(BTreeMap::new()),
             changes: Mutex::new(HashMap::new()),
             overrides: AtomicU64::new(0),
-            monitoring,
+            settings,
         };
         let wanted = |name: &str| {
             mode != ControlMode::Explicit || startup_models.iter().any(|m| m == "*" || m == name)
@@ -174,7 +173,7 @@ impl ModelRegistry {
         }
         let mut map = BTreeMap::new();
         for source in order_for_loading(sources) {
-            let entry = build_entry(source, None, &map, &registry.monitoring);
+            let entry = build_entry(source, None, &map, &registry.settings);
             map.insert(entry.name.clone(), Arc::new(entry));
         }
         registry.models.store(Arc::new(map));
@@ -187,13 +186,13 @@ impl ModelRegistry {
             repository,
             ControlMode::None,
             &[],
-            MonitorSettings::default(),
+            VersionSettings::default(),
         )
     }
 
     /// Where monitored versions keep their prediction logs, if anywhere.
     pub fn prediction_log_dir(&self) -> Option<&Path> {
-        self.monitoring.log_dir.as_deref()
+        self.settings.monitoring.log_dir.as_deref()
     }
 
     pub fn repository(&self) -> &Path {
@@ -419,7 +418,7 @@ impl ModelRegistry {
             self.install(ModelEntry::placeholder(&name, EntryState::Loading));
         }
         let previous = current.as_deref().filter(|e| e.state == EntryState::Loaded);
-        let mut entry = build_entry(source, previous, &self.models.load(), &self.monitoring);
+        let mut entry = build_entry(source, previous, &self.models.load(), &self.settings);
         entry.loaded_with = loaded_with;
         let problem = entry_problem(&entry);
         match (problem, previous) {
@@ -630,7 +629,7 @@ fn build_entry(
     source: ModelSource,
     previous: Option<&ModelEntry>,
     models: &ModelMap,
-    monitoring: &MonitorSettings,
+    settings: &VersionSettings,
 ) -> ModelEntry {
     let mut entry = ModelEntry::placeholder(&source.name, EntryState::Loaded);
     let config = match &source.config {
@@ -659,7 +658,7 @@ fn build_entry(
             continue;
         }
         let started = Instant::now();
-        let loaded = ModelVersion::load(Arc::clone(&config), &source.path, version, monitoring)
+        let loaded = ModelVersion::load(Arc::clone(&config), &source.path, version, settings)
             .and_then(|model| {
                 if let Some(plan) = model.ensemble() {
                     plan.validate(&model.config, |n, v| lookup(models, n, v))

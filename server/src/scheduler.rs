@@ -67,6 +67,65 @@ pub struct Scheduler {
     route: Route,
     /// Requests waiting in the queue (`nv_inference_pending_request_count`).
     pending: Arc<AtomicU64>,
+    /// Admission by the expected wait of a newcomer.
+    wait: Arc<WaitLimit>,
+}
+
+/// Admission by expected wait, so that an overloaded model answers the excess at once instead
+/// of queueing it for minutes: a request is refused (Triton's "Exceeds maximum queue size",
+/// HTTP 503 / gRPC UNAVAILABLE) when the requests already queued would take longer than the
+/// limit to clear at the measured cost per request (a moving average of each batch's execution
+/// time divided by its requests, so batching's savings count) spread over the instances. Until
+/// the first execution there is no measure and every request is admitted.
+pub struct WaitLimit {
+    limit: Option<Duration>,
+    instances: u64,
+    /// Nanoseconds of instance time per request (0: not measured yet).
+    per_request_ns: AtomicU64,
+}
+
+impl WaitLimit {
+    pub fn new(limit: Option<Duration>, instances: usize) -> Self {
+        WaitLimit {
+            limit,
+            instances: instances.max(1) as u64,
+            per_request_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Folds one execution of `requests` requests into the cost per request (weight 1/8).
+    fn record(&self, elapsed: Duration, requests: usize) {
+        let sample = (elapsed.as_nanos() / requests.max(1) as u128).min(u64::MAX as u128) as u64;
+        let old = self.per_request_ns.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample.max(1)
+        } else {
+            (old - old / 8 + sample / 8).max(1)
+        };
+        self.per_request_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// How long `queued` requests take to clear, once a cost is measured.
+    fn expected_wait(&self, queued: u64) -> Option<Duration> {
+        let per_request = self.per_request_ns.load(Ordering::Relaxed);
+        (per_request > 0)
+            .then(|| Duration::from_nanos(queued.saturating_mul(per_request) / self.instances))
+    }
+
+    /// Whether a request may join `queued` others.
+    fn admit(&self, queued: u64) -> Result<(), Error> {
+        let (Some(limit), Some(wait)) = (self.limit, self.expected_wait(queued)) else {
+            return Ok(());
+        };
+        if wait <= limit {
+            return Ok(());
+        }
+        Err(Error::unavailable(format!(
+            "Exceeds maximum queue size: {queued} requests are queued, about {:.2} s of work, more than this model's {:.2} s limit",
+            wait.as_secs_f64(),
+            limit.as_secs_f64()
+        )))
+    }
 }
 
 /// How requests reach the instances.
@@ -93,6 +152,7 @@ impl Scheduler {
         policy: Policy,
         instances: Vec<Box<dyn Backend>>,
         stats: Arc<ModelStats>,
+        max_queue_wait: Option<Duration>,
     ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             std::io::Error::other(format!("the scheduler needs a tokio runtime: {e}"))
@@ -106,6 +166,7 @@ impl Scheduler {
         let pending = Arc::new(AtomicU64::new(0));
         let direct = !policy.batching;
         let instance_count = instances.len();
+        let wait = Arc::new(WaitLimit::new(max_queue_wait, instance_count));
         for (index, backend) in instances.into_iter().enumerate() {
             let worker = Worker {
                 backend,
@@ -114,6 +175,7 @@ impl Scheduler {
                 taken: direct.then(|| Arc::clone(&pending)),
                 stats: Arc::clone(&stats),
                 sequencer: sequencer.clone(),
+                wait: Arc::clone(&wait),
             };
             std::thread::Builder::new()
                 .name(format!("{model}-{index}"))
@@ -123,6 +185,7 @@ impl Scheduler {
             return Ok(Scheduler {
                 route: Route::Direct(work_tx),
                 pending,
+                wait,
             });
         }
         let batcher = Batcher {
@@ -135,11 +198,13 @@ impl Scheduler {
             sequencer,
             next_sequence: 0,
             pending: Arc::clone(&pending),
+            wait: Arc::clone(&wait),
         };
         runtime.spawn(batcher.run());
         Ok(Scheduler {
             route: Route::Batcher(submissions),
             pending,
+            wait,
         })
     }
 
@@ -156,6 +221,7 @@ impl Scheduler {
                 .send((submission, reply))
                 .map_err(|_| Error::unavailable("the model's scheduler has stopped"))?,
             Route::Direct(work) => {
+                self.wait.admit(self.pending.load(Ordering::Relaxed))?;
                 let entry = Entry {
                     batch_size: submission.batch_size as usize,
                     shape_key: Vec::new(),
@@ -196,6 +262,7 @@ struct Batcher {
     sequencer: Option<Arc<Sequencer>>,
     next_sequence: u64,
     pending: Arc<AtomicU64>,
+    wait: Arc<WaitLimit>,
 }
 
 impl Batcher {
@@ -298,6 +365,10 @@ impl Batcher {
                 outputs_on_device: submission.outputs_on_device,
             },
         };
+        if let Err(refused) = self.wait.admit(self.pending.load(Ordering::Relaxed)) {
+            self.finish(entry.payload, Err(refused));
+            return;
+        }
         if let Err((_, entry)) = self.state.admit(level, entry) {
             self.finish(
                 entry.payload,
@@ -386,6 +457,7 @@ struct Worker {
     taken: Option<Arc<AtomicU64>>,
     stats: Arc<ModelStats>,
     sequencer: Option<Arc<Sequencer>>,
+    wait: Arc<WaitLimit>,
 }
 
 impl Worker {
@@ -456,6 +528,7 @@ impl Worker {
             compute_infer: infer_done - input_done,
             compute_output: infer_done.elapsed(),
         };
+        self.wait.record(started.elapsed(), jobs.len());
         match split {
             Ok(per_request) => {
                 self.stats.record_execution(total as u64, times);
@@ -683,6 +756,15 @@ mod tests {
         instances: usize,
         pause: Duration,
     ) -> (Arc<Scheduler>, Arc<Mutex<Vec<i64>>>, Arc<ModelStats>) {
+        start_with_wait_limit(batching, instances, pause, None)
+    }
+
+    fn start_with_wait_limit(
+        batching: &str,
+        instances: usize,
+        pause: Duration,
+        max_queue_wait: Option<Duration>,
+    ) -> (Arc<Scheduler>, Arc<Mutex<Vec<i64>>>, Arc<ModelStats>) {
         let config = parse_pbtxt(
             &format!("name: \"m\" backend: \"identity\" max_batch_size: 128 {batching}"),
             "t",
@@ -703,6 +785,7 @@ mod tests {
             Policy::from_config(&config).unwrap(),
             backends,
             stats.clone(),
+            max_queue_wait,
         )
         .unwrap();
         (Arc::new(scheduler), seen, stats)
@@ -792,6 +875,69 @@ mod tests {
         }
         assert_eq!(rejected, 2);
         assert_eq!(scheduler.pending(), 2);
+    }
+
+    #[test]
+    fn wait_limit_refuses_what_would_wait_too_long() {
+        let wait = WaitLimit::new(Some(Duration::from_millis(100)), 2);
+        // Nothing measured yet: everything is admitted.
+        assert!(wait.admit(1_000_000).is_ok());
+        // 10 ms per request on 2 instances: 20 queued clear in 100 ms, 21 do not.
+        wait.record(Duration::from_millis(40), 4);
+        assert!(wait.admit(20).is_ok());
+        let refused = wait.admit(21).unwrap_err();
+        assert_eq!(refused.code, nereid_protocol::Code::Unavailable);
+        assert!(
+            refused.message.starts_with(
+                "Exceeds maximum queue size: 21 requests are queued, about 0.10 s of work"
+            ),
+            "{}",
+            refused.message
+        );
+        // The cost follows the measurements (a moving average).
+        for _ in 0..64 {
+            wait.record(Duration::from_millis(1), 1);
+        }
+        assert!(wait.admit(150).is_ok());
+        // No limit: always admitted.
+        let unlimited = WaitLimit::new(None, 1);
+        unlimited.record(Duration::from_secs(1), 1);
+        assert!(unlimited.admit(1_000_000).is_ok());
+    }
+
+    /// A burst on a model without dynamic batching: the excess is refused at once, and
+    /// everything admitted is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_beyond_the_wait_limit_is_refused_at_once() {
+        let pause = Duration::from_millis(5);
+        let (scheduler, _, _) =
+            start_with_wait_limit("", 1, pause, Some(Duration::from_millis(50)));
+        // One request measures the cost.
+        scheduler.submit(request(1, 0.0)).await.unwrap();
+        let replies: Vec<_> = (0..200)
+            .map(|i| {
+                let scheduler = Arc::clone(&scheduler);
+                tokio::spawn(async move { scheduler.submit(request(1, i as f32)).await })
+            })
+            .collect();
+        let (mut served, mut refused) = (0, 0);
+        for reply in replies {
+            match reply.await.unwrap() {
+                Ok(_) => served += 1,
+                Err(e) => {
+                    assert!(
+                        e.message.starts_with("Exceeds maximum queue size"),
+                        "{}",
+                        e.message
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        // About limit / cost requests fit (50 ms / 5 ms = 10, a few more as the queue drains
+        // while the burst arrives); without the limit all 200 would queue for a second.
+        assert!(refused > 100, "{served} served, {refused} refused");
+        assert!(served >= 10, "{served} served, {refused} refused");
     }
 
     #[tokio::test]
@@ -1014,6 +1160,7 @@ mod tests {
             Policy::from_config(&config).unwrap(),
             vec![backend],
             stats.clone(),
+            None,
         )
         .unwrap();
         FakeGpu {
