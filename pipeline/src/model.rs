@@ -422,7 +422,17 @@ impl DenseModel {
             path: path.to_path_buf(),
             source,
         })?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|source| {
+        Self::from_safetensors(&bytes, path, spec, device)
+    }
+
+    /// [`DenseModel::load`] from the file's bytes (`path` names them in errors).
+    pub fn from_safetensors(
+        bytes: &[u8],
+        path: &Path,
+        spec: ArchitectureSpec,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|source| {
             ModelError::Format {
                 path: path.to_path_buf(),
                 source,

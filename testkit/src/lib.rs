@@ -16,6 +16,8 @@
 //! (Python, its venv module, pip), which is a skip; anything else is a failure.
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
+
 use std::fmt::Display;
 use std::io::Write;
 use std::path::Path;
