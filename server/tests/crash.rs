@@ -238,12 +238,16 @@ fn killed_pipeline_runs_rerun_to_the_same_result() {
             early.iter().all(|w| *w == want[0]),
             "kill {i}: a different model was published"
         );
-        let (code, out, err) = nereid_output(
-            &["features", "verify", "--store", "fs"],
-            &[],
-            Some(dir.path()),
-        );
-        assert_eq!(code, 0, "kill {i}: {out}{err}");
+        // A kill before the store's marker was written leaves no store (or its empty folders,
+        // which the next run completes) to verify.
+        if dir.path().join("fs/STORE").exists() {
+            let (code, out, err) = nereid_output(
+                &["features", "verify", "--store", "fs"],
+                &[],
+                Some(dir.path()),
+            );
+            assert_eq!(code, 0, "kill {i}: {out}{err}");
+        }
         timed(dir.path(), &["pipeline", "run", "iris.toml"]);
         assert_eq!(
             published_weights(dir.path()),
