@@ -17,14 +17,20 @@ use nereid_testkit::fuzz;
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const MODELS: [&str; 3] = ["identity_fp32", "identity_bytes", "iris_classifier"];
 
-#[test]
-fn http_infer_bodies() {
+/// A runtime for the test's blocking calls, and the default models served on it.
+fn serving() -> (tokio::runtime::Runtime, TestServer) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let server = runtime.block_on(TestServer::start_default());
+    (runtime, server)
+}
+
+#[test]
+fn http_infer_bodies() {
+    let (runtime, server) = serving();
     let seeds = fuzz::seeds_from(&Path::new(ROOT).join("fuzz/corpus/rest"));
     let statuses = Mutex::new(BTreeMap::<u16, u64>::new());
     fuzz::run("http_infer_bodies", fuzz::mutated(seeds), |input| {
@@ -131,12 +137,7 @@ fn grpc_infer_messages() {
     use nereid_protocol::inference::ModelInferRequest;
     use prost::Message as _;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = runtime.block_on(TestServer::start_default());
+    let (runtime, server) = serving();
     let channel = runtime
         .block_on(
             tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
