@@ -28,10 +28,15 @@ use std::sync::Arc;
 /// Triton's default `--http-max-input-size` (64 MiB).
 pub const DEFAULT_MAX_INPUT_SIZE: usize = 1 << 26;
 
+/// Time a client has to send a request body, unless `--http-body-timeout-secs` says otherwise.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct HttpState {
     pub infer: Infer,
     pub max_input_size: usize,
+    /// A body that takes longer to arrive is refused (a client trickling bytes holds nothing).
+    pub body_timeout: std::time::Duration,
     pub restrictions: Arc<Restrictions>,
 }
 
@@ -259,17 +264,17 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
         Route::AllStats => stats_response(&infer.statistics("", "")?),
         Route::ModelStats(m, v) => stats_response(&infer.statistics(&m, &v)?),
         Route::RepositoryIndex => {
-            let body = read_body(request, state.max_input_size).await?;
+            let body = read_body(request, state.max_input_size, state.body_timeout).await?;
             repository_index(infer, &body)?
         }
         Route::RepositoryLoad(m) => {
-            let body = read_body(request, state.max_input_size).await?;
+            let body = read_body(request, state.max_input_size, state.body_timeout).await?;
             let overrides = load_overrides(&m, &body)?;
             infer.load_model(&m, overrides).await?;
             empty(StatusCode::OK)
         }
         Route::RepositoryUnload(m) => {
-            let body = read_body(request, state.max_input_size).await?;
+            let body = read_body(request, state.max_input_size, state.body_timeout).await?;
             let parameters = request_parameters(&body)?;
             let dependents = match parameters.get("unload_dependents") {
                 None => false,
@@ -379,7 +384,7 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
         }
         Route::ModelFeedback(m, v) => {
             let monitor = infer.monitored(&m, &v)?;
-            let body = read_body(request, state.max_input_size).await?;
+            let body = read_body(request, state.max_input_size, state.body_timeout).await?;
             let items = nereid_monitor::feedback::parse_body(&body).map_err(Error::invalid_arg)?;
             let ids = items.len();
             let rows = tokio::task::spawn_blocking(move || monitor.apply_feedback(&items))
@@ -523,7 +528,11 @@ fn repository_index(infer: &Infer, body: &[u8]) -> Result<Response, Error> {
 }
 
 /// Reads the whole body within `limit`, undoing `Content-Encoding: gzip|deflate`.
-async fn read_body(request: Request<Body>, limit: usize) -> Result<Bytes, Error> {
+async fn read_body(
+    request: Request<Body>,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, Error> {
     let (parts, body) = request.into_parts();
     let too_large = |size: String| {
         Error::invalid_arg(format!("request JSON size of {size} bytes exceeds the maximum allowed input size of {limit} bytes. Use --http-max-input-size to increase the limit."))
@@ -536,16 +545,24 @@ async fn read_body(request: Request<Body>, limit: usize) -> Result<Bytes, Error>
     if let Some(declared) = declared.filter(|d| *d > limit as u64) {
         return Err(too_large(declared.to_string()));
     }
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let source = std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        if source.contains("length limit") || e.to_string().contains("length limit") {
-            too_large(format!("more than {limit}"))
-        } else {
-            Error::invalid_arg(format!("failed to read the request body: {e}"))
-        }
-    })?;
+    let raw = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            Error::invalid_arg(format!(
+                "timed out reading the request body: it did not arrive within {} s",
+                timeout.as_secs_f64()
+            ))
+        })?
+        .map_err(|e| {
+            let source = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            if source.contains("length limit") || e.to_string().contains("length limit") {
+                too_large(format!("more than {limit}"))
+            } else {
+                Error::invalid_arg(format!("failed to read the request body: {e}"))
+            }
+        })?;
     let encoding = parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -583,7 +600,7 @@ async fn infer_route(
 ) -> Result<Response, Error> {
     let model = state.infer.model(name, version)?;
     let headers = request.headers().clone();
-    let body = read_body(request, state.max_input_size).await?;
+    let body = read_body(request, state.max_input_size, state.body_timeout).await?;
     let header_length = headers
         .get(rest::HEADER_CONTENT_LENGTH)
         .map(|v| {

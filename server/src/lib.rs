@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod connections;
 pub mod ensemble;
 pub mod grpc;
 pub mod http;
@@ -36,7 +37,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -66,6 +66,10 @@ pub struct ServeConfig {
     pub grpc_restricted: Vec<restrict::Restriction>,
     /// Prediction log location and retention for monitored versions.
     pub monitoring: lifecycle::MonitorSettings,
+    /// Open HTTP connections at most, and the time a client has to send a request header.
+    pub http_limits: connections::HttpLimits,
+    /// The time a client has to send a request body.
+    pub http_body_timeout: Duration,
     /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
     /// size limits); see [`model::VersionSettings::max_queue_wait`].
     pub max_queue_wait: Option<Duration>,
@@ -93,6 +97,8 @@ impl ServeConfig {
             grpc_restricted: Vec::new(),
             monitoring: lifecycle::MonitorSettings::default(),
             max_queue_wait: Some(model::DEFAULT_MAX_QUEUE_WAIT),
+            http_limits: connections::HttpLimits::default(),
+            http_body_timeout: http::DEFAULT_BODY_TIMEOUT,
             triggers: None,
         }
     }
@@ -209,20 +215,17 @@ pub async fn start(
         .set_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
         .await;
 
-    // Small responses must not wait for Nagle's algorithm (tens of milliseconds of tail latency).
-    let http_server = axum::serve(
-        http_listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::warn!(%err, "failed to set TCP_NODELAY");
-            }
-        }),
+    let http_server = connections::serve(
+        http_listener,
         http::router(http::HttpState {
             infer: infer.clone(),
             max_input_size: config.http_max_input_size,
+            body_timeout: config.http_body_timeout,
             restrictions: Arc::new(http_restrictions),
         }),
-    )
-    .with_graceful_shutdown(stopped());
+        config.http_limits,
+        stopped(),
+    );
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(grpc::service(infer.clone(), grpc_restrictions))
@@ -252,12 +255,7 @@ pub async fn start(
     let draining = infer.clone();
     let task = tokio::spawn(async move {
         let servers = tokio::spawn(async move {
-            let (h, g, m) = tokio::join!(
-                http_server.into_future(),
-                grpc_server,
-                metrics_server.into_future()
-            );
-            h.context("HTTP server failed")?;
+            let ((), g, m) = tokio::join!(http_server, grpc_server, metrics_server.into_future());
             g.context("gRPC server failed")?;
             m.context("metrics server failed")?;
             Ok::<_, anyhow::Error>(())

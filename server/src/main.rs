@@ -117,6 +117,20 @@ struct ServeArgs {
     #[arg(long, env = "NEREID_HTTP_MAX_INPUT_SIZE", default_value_t = http::DEFAULT_MAX_INPUT_SIZE)]
     http_max_input_size: usize,
 
+    /// Most HTTP connections open at once; further clients wait in the kernel's accept queue
+    /// until one closes.
+    #[arg(long, env = "NEREID_HTTP_MAX_CONNECTIONS", default_value_t = nereid_server::connections::DEFAULT_MAX_CONNECTIONS)]
+    http_max_connections: usize,
+
+    /// Seconds an HTTP client has to send a request's header (idle keep-alive time included)
+    /// before its connection is closed.
+    #[arg(long, env = "NEREID_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    http_header_timeout_secs: u64,
+
+    /// Seconds an HTTP client has to send a request's body before the request is refused.
+    #[arg(long, env = "NEREID_HTTP_BODY_TIMEOUT_SECS", default_value_t = 60)]
+    http_body_timeout_secs: u64,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "NEREID_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     exit_timeout_secs: u64,
@@ -231,6 +245,11 @@ impl From<ServeArgs> for ServeConfig {
                     max_age: Duration::from_secs(a.prediction_log_max_age_secs),
                 },
             },
+            http_limits: nereid_server::connections::HttpLimits {
+                max_connections: a.http_max_connections.max(1),
+                header_timeout: Duration::from_secs(a.http_header_timeout_secs.max(1)),
+            },
+            http_body_timeout: Duration::from_secs(a.http_body_timeout_secs.max(1)),
             max_queue_wait: (a.max_queue_wait_ms > 0)
                 .then(|| Duration::from_millis(a.max_queue_wait_ms)),
             triggers: a.triggers.map(|file| {
