@@ -988,26 +988,61 @@ mod tests {
         );
     }
 
+    /// Waits inside `execute` until `expected` instances are inside at once (or 10 s pass),
+    /// which only concurrent instances can bring about.
+    struct Rendezvous {
+        inside: Arc<AtomicU64>,
+        expected: u64,
+    }
+
+    impl Backend for Rendezvous {
+        fn execute(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+            self.inside.fetch_add(1, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.inside.load(Ordering::SeqCst) < self.expected {
+                if Instant::now() > deadline {
+                    return Err(Error::internal("the instances never ran at the same time"));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(inputs)
+        }
+    }
+
     #[tokio::test]
     async fn instances_run_batches_concurrently() {
-        let (scheduler, seen, _) = start("", 4, Duration::from_millis(200));
+        let inside = Arc::new(AtomicU64::new(0));
+        let backends = (0..4)
+            .map(|_| {
+                Box::new(Rendezvous {
+                    inside: Arc::clone(&inside),
+                    expected: 4,
+                }) as Box<dyn Backend>
+            })
+            .collect();
+        let config =
+            parse_pbtxt("name: \"m\" backend: \"identity\" max_batch_size: 8", "t").unwrap();
+        let scheduler = Arc::new(
+            Scheduler::start(
+                "m",
+                Policy::from_config(&config).unwrap(),
+                backends,
+                Arc::new(ModelStats::default()),
+                None,
+            )
+            .unwrap(),
+        );
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let s = scheduler.clone();
                 tokio::spawn(async move { s.submit(request(1, 0.0)).await.map(|_| ()) })
             })
             .collect();
-        let start = Instant::now();
+        // Each execution returns only once all four are running at the same time.
         for h in handles {
             h.await.unwrap().unwrap();
         }
-        // Four sequential executions would take 800 ms.
-        assert!(
-            start.elapsed() < Duration::from_millis(700),
-            "{:?}",
-            start.elapsed()
-        );
-        assert_eq!(seen.lock().unwrap().len(), 4);
+        assert_eq!(inside.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]

@@ -423,8 +423,10 @@ async fn a_version_copied_in_slowly_is_not_loaded_until_complete() {
     let repo = Repo::new().copy_model("iris_classifier");
     let path = repo.path();
     let mut cfg = config(&repo, ControlMode::Poll);
-    // Pieces arrive every ~40 ms, well within each 200 ms poll interval.
-    cfg.repository_poll = Duration::from_millis(200);
+    // Pieces arrive every ~40 ms; a version is loaded only after two scans a poll interval
+    // apart see it unchanged, so a pause of a whole second between two pieces (a machine far
+    // busier than CI's) would be needed to load a half-written file.
+    cfg.repository_poll = Duration::from_secs(1);
     let server = TestServer::start_with(cfg, Some(repo)).await;
     let weights =
         std::fs::read(Path::new(MODEL_REPO).join("iris_classifier/1/model.safetensors")).unwrap();
