@@ -41,6 +41,9 @@ use crate::util::{to_json_pretty, write_atomic};
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// [`ModelInfo`] file of a run.
 pub const MODEL_INFO_FILE: &str = "model.json";
+/// The run's model as ONNX (input `INPUT`, output `PROBABILITIES` or `PREDICTION`), for ONNX
+/// Runtime, Triton's ONNX backend or any ONNX tool.
+pub const ONNX_FILE: &str = "model.onnx";
 
 /// What to train: data columns and hyperparameters (the TOML `train` step and `nereid train`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -589,8 +592,8 @@ pub fn train_from_dataset(
     match result {
         Ok(info) => {
             let artifacts: &[&str] = match info.task {
-                Task::Classification => &[WEIGHTS_FILE, LABELS_FILE, MODEL_INFO_FILE],
-                Task::Regression => &[WEIGHTS_FILE, MODEL_INFO_FILE],
+                Task::Classification => &[WEIGHTS_FILE, ONNX_FILE, LABELS_FILE, MODEL_INFO_FILE],
+                Task::Regression => &[WEIGHTS_FILE, ONNX_FILE, MODEL_INFO_FILE],
             };
             tracking.tracker.record_artifacts(&mut record, artifacts)?;
             tracking
@@ -788,6 +791,22 @@ fn write_artifacts(
     let weights = dir.join(WEIGHTS_FILE);
     model.save_safetensors(&weights)?;
     let (weights_sha256, _) = crate::util::sha256_file(&weights).map_err(io(&weights))?;
+    // The ONNX copy is exported from the saved file, so it is exactly what gets served.
+    let onnx_failed = |message: String| TrainingError::Data {
+        dataset: version.id.clone(),
+        message: format!("exporting the model as ONNX: {message}"),
+    };
+    let saved = crate::model::DenseModel::load(&weights, model.spec, &candle_core::Device::Cpu)
+        .map_err(|e| onnx_failed(e.to_string()))?;
+    let output = match spec.task {
+        Task::Classification => "PROBABILITIES",
+        Task::Regression => "PREDICTION",
+    };
+    let onnx = saved
+        .to_onnx("INPUT", output)
+        .map_err(|e| onnx_failed(e.to_string()))?;
+    let onnx_path = dir.join(ONNX_FILE);
+    write_atomic(&onnx_path, &onnx).map_err(io(&onnx_path))?;
     let classes = data.target.classes();
     if !classes.is_empty() {
         let mut labels = classes.join("\n");

@@ -803,7 +803,15 @@ fn features_and_train_commands_work_end_to_end() {
     );
     assert!(r.metrics.contains_key("test_accuracy") && r.metrics.contains_key("validation_loss"));
     let names: Vec<&str> = r.artifacts.iter().map(|a| a.path.as_str()).collect();
-    assert_eq!(names, ["model.safetensors", "labels.txt", "model.json"]);
+    assert_eq!(
+        names,
+        [
+            "model.safetensors",
+            "model.onnx",
+            "labels.txt",
+            "model.json"
+        ]
+    );
     assert!(r.ended_at.is_some());
     // The code revision is recorded when there is a git checkout, and its absence tolerated.
     assert!(r.code.commit.is_some() || r.code.note.is_some());
@@ -845,7 +853,7 @@ fn features_and_train_commands_work_end_to_end() {
     assert_eq!(r.status, RunStatus::Finished);
     assert!(r.metrics.contains_key("test_rmse") && r.metrics.contains_key("test_r2"));
     let names: Vec<&str> = r.artifacts.iter().map(|a| a.path.as_str()).collect();
-    assert_eq!(names, ["model.safetensors", "model.json"]);
+    assert_eq!(names, ["model.safetensors", "model.onnx", "model.json"]);
     // A string target is refused for regression, with the reason.
     let err = train(&[
         "--task",
