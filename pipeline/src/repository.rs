@@ -14,7 +14,9 @@
 //! 1. reserve a number: create `<model>/<N>/.nereid-publishing` (put-if-absent), N one more than
 //!    the highest numeric folder listed, complete or not. When the put finds the marker there
 //!    (another publisher got N first), or the folder already holds files (a publisher finished N
-//!    and removed its marker between our listing and our put; ours is removed again), try N+1;
+//!    and removed its marker between our listing and our put; ours is removed again), try N+1.
+//!    The marker names its publisher, so a put whose reply was lost and that the client retried
+//!    (finding the marker there) is recognised as this publisher's own reservation;
 //! 2. upload the version's files (large ones in multipart uploads);
 //! 3. replace the model's `config.pbtxt` and labels (one put each, each atomic), before the
 //!    version becomes visible, as a local publish does;
@@ -72,6 +74,10 @@ struct Remote {
     runtime: tokio::runtime::Runtime,
     /// Downloaded files, in the repository's layout; removed on drop.
     cache: PathBuf,
+    /// Written into this publisher's markers, so that it recognises its own: a create whose
+    /// reply was lost (a dropped connection) is retried by the client and then finds the marker
+    /// there, which is this publisher's reservation, not a lost race.
+    publisher: String,
 }
 
 impl Drop for Remote {
@@ -117,6 +123,12 @@ impl ModelRepository {
                     location,
                     runtime,
                     cache,
+                    publisher: format!(
+                        "{} pid {} on {}",
+                        crate::util::new_run_id(),
+                        std::process::id(),
+                        hostname()
+                    ),
                 }))
             }
         };
@@ -342,7 +354,7 @@ impl Remote {
     /// Reserves `version`, or the first free number after it.
     fn reserve_from(&self, model: &str, mut version: u64) -> Result<u64, PublishError> {
         let note = serde_json::json!({
-            "publisher": format!("pid {} on {}", std::process::id(), hostname()),
+            "publisher": self.publisher,
             "started_at": crate::util::now_rfc3339(),
         });
         let note = Bytes::from(note.to_string());
@@ -357,8 +369,13 @@ impl Remote {
                 PutPayload::from(note.clone()),
                 options,
             ));
-            match created {
-                Ok(_) => {
+            let ours = match created {
+                Ok(_) => true,
+                Err(object_store::Error::AlreadyExists { .. }) => self.is_own_marker(&key)?,
+                Err(e) => return Err(self.remote_err("create", &key)(e)),
+            };
+            match ours {
+                true => {
                     let taken = self
                         .version_folders(model)?
                         .get(&version)
@@ -368,8 +385,7 @@ impl Remote {
                     }
                     self.delete(&key)?;
                 }
-                Err(object_store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(self.remote_err("create", &key)(e)),
+                false => {}
             }
             version += 1;
         }
@@ -377,6 +393,23 @@ impl Remote {
             model: model.to_string(),
             attempts: MAX_RESERVE_ATTEMPTS,
         })
+    }
+
+    /// Whether the marker at `key` is this publisher's own.
+    fn is_own_marker(&self, key: &str) -> Result<bool, PublishError> {
+        let path = self.location.child(key);
+        let text = self.runtime.block_on(async {
+            match self.location.store.get(&path).await {
+                Ok(result) => result.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let Some(text) = text.map_err(self.remote_err("read", key))? else {
+            return Ok(false);
+        };
+        Ok(serde_json::from_slice::<serde_json::Value>(&text)
+            .is_ok_and(|note| note["publisher"] == self.publisher.as_str()))
     }
 
     fn delete(&self, key: &str) -> Result<(), PublishError> {
@@ -673,8 +706,32 @@ mod tests {
                 &format!("repo/m/3/{PUBLISHING_MARKER}"),
             ]
         );
-        // And a marker that is there already (a publisher at work) is never taken over.
-        assert_eq!(remote.reserve_from("m", 3).expect("reserve"), 4);
+        // And a marker that is there already (another publisher at work) is never taken over.
+        let other = memory_repository(&store);
+        let Kind::Remote(other) = &other.kind else {
+            panic!("remote");
+        };
+        assert_eq!(other.reserve_from("m", 3).expect("reserve"), 4);
+    }
+
+    #[test]
+    fn a_reservation_whose_reply_was_lost_is_still_ours() {
+        // The create went through but its reply was lost; the client's retry finds the marker.
+        let store = Arc::new(InMemory::new());
+        let repo = memory_repository(&store);
+        let Kind::Remote(remote) = &repo.kind else {
+            panic!("remote");
+        };
+        let note = serde_json::json!({ "publisher": remote.publisher }).to_string();
+        put(&store, &format!("m/1/{PUBLISHING_MARKER}"), &note);
+        assert_eq!(remote.reserve_from("m", 1).expect("reserve"), 1);
+        // Another publisher's marker is not.
+        put(
+            &store,
+            &format!("m/2/{PUBLISHING_MARKER}"),
+            r#"{"publisher": "someone else"}"#,
+        );
+        assert_eq!(remote.reserve_from("m", 2).expect("reserve"), 3);
     }
 
     #[test]
