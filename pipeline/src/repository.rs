@@ -374,18 +374,15 @@ impl Remote {
                 Err(object_store::Error::AlreadyExists { .. }) => self.is_own_marker(&key)?,
                 Err(e) => return Err(self.remote_err("create", &key)(e)),
             };
-            match ours {
-                true => {
-                    let taken = self
-                        .version_folders(model)?
-                        .get(&version)
-                        .is_some_and(|f| f.has_files);
-                    if !taken {
-                        return Ok(version);
-                    }
-                    self.delete(&key)?;
+            if ours {
+                let taken = self
+                    .version_folders(model)?
+                    .get(&version)
+                    .is_some_and(|f| f.has_files);
+                if !taken {
+                    return Ok(version);
                 }
-                false => {}
+                self.delete(&key)?;
             }
             version += 1;
         }
