@@ -342,3 +342,173 @@ async fn s3_repository_publish_race_and_serve() {
     })
     .await;
 }
+
+/// A TCP proxy in front of moto that loses every `every`-th connection's first response: the
+/// request reaches S3 and takes effect, and the client sees the connection drop (as when a
+/// network fails mid-way). Returns its address and the count of responses it lost.
+async fn flaky_proxy(
+    upstream: std::net::SocketAddr,
+    every: u64,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let lost = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&lost);
+    tokio::spawn(async move {
+        let mut connections = 0u64;
+        while let Ok((mut client, _)) = listener.accept().await {
+            connections += 1;
+            let faulty = connections % every == 0;
+            let lost = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                if !faulty {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    return;
+                }
+                // Relay the request; when the response starts, drop both ends instead.
+                let (mut client_read, _client_write) = client.split();
+                let (mut server_read, mut server_write) = server.split();
+                let mut request = [0u8; 16 << 10];
+                let mut response = [0u8; 1];
+                loop {
+                    tokio::select! {
+                        read = client_read.read(&mut request) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if server_write.write_all(&request[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                        read = server_read.read(&mut response) => {
+                            if matches!(read, Ok(n) if n > 0) {
+                                lost.fetch_add(1, Ordering::SeqCst);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_through_a_failing_network_stay_whole() {
+    let Some(moto) = moto_with_bucket().await else {
+        return;
+    };
+    let upstream: std::net::SocketAddr = moto
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto's address");
+    let (proxy, lost) = flaky_proxy(upstream, 3).await;
+    let mut env = moto.env().to_vec();
+    env[0].1 = format!("http://{proxy}");
+    let source = version_source("identity_fp32", true);
+    let repository = format!("s3://{BUCKET}/repo");
+    let from = source.path().display().to_string();
+    let publishers: Vec<_> = (0..8)
+        .map(|_| {
+            let (env, repository, from) = (env.clone(), repository.clone(), from.clone());
+            std::thread::spawn(move || {
+                common::nereid_output(
+                    &[
+                        "repo",
+                        "publish",
+                        "--model",
+                        "identity_fp32",
+                        "--repository",
+                        &repository,
+                        "--from",
+                        &from,
+                    ],
+                    &env,
+                    None,
+                )
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for publisher in publishers {
+        let (code, out, err) = publisher.join().expect("publisher");
+        // Each publish succeeds or fails with a message: never a crash.
+        assert!(code == 0 || code == 1, "exit {code}: {out}{err}");
+        if code == 0 {
+            let version: u64 = out
+                .split_whitespace()
+                .nth(3)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected output: {out}"));
+            versions.push(version);
+        } else {
+            assert!(err.contains("error: "), "{err}");
+        }
+    }
+    let distinct: std::collections::BTreeSet<u64> = versions.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        versions.len(),
+        "two publishers shared a version: {versions:?}"
+    );
+    assert!(
+        !versions.is_empty(),
+        "no publish got through the flaky network"
+    );
+    assert!(
+        lost.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the proxy lost nothing"
+    );
+
+    // What the bucket holds: every version without a marker is whole, and the server, reading
+    // the bucket directly, serves the newest of them.
+    let store = moto.store();
+    let keys: Vec<String> = {
+        use futures_util::TryStreamExt as _;
+        store
+            .list(Some(&ObjectPath::from("repo/identity_fp32")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .expect("list")
+    };
+    let mut complete = Vec::new();
+    for v in 1..=(distinct.iter().max().copied().unwrap_or(0) + 8) {
+        let has = |name: &str| {
+            keys.iter()
+                .any(|k| k == &format!("repo/identity_fp32/{v}/{name}"))
+        };
+        if has(MARKER)
+            || !keys
+                .iter()
+                .any(|k| k.starts_with(&format!("repo/identity_fp32/{v}/")))
+        {
+            continue;
+        }
+        assert!(
+            has("README"),
+            "version {v} is visible but incomplete: {keys:?}"
+        );
+        complete.push(v);
+    }
+    for v in &versions {
+        assert!(
+            complete.contains(v),
+            "published version {v} is not complete: {keys:?}"
+        );
+    }
+    println!(
+        "{} of 8 publishes succeeded through {} lost responses; versions {versions:?}",
+        versions.len(),
+        lost.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
