@@ -89,4 +89,6 @@ fi
 
 cd "$REPO_ROOT"
 # pytest's exit status (non-zero on any failure or error) becomes ours.
-exec "$VENV/bin/python" -m pytest -q clients/python/tests "$@"
+# NEREID_PYTHON_TESTS picks another folder of tests (server/tests/onnx_backend.rs runs
+# clients/python/onnx against the ONNX server it starts).
+exec "$VENV/bin/python" -m pytest -q "${NEREID_PYTHON_TESTS:-clients/python/tests}" "$@"
