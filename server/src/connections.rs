@@ -38,7 +38,7 @@ impl Default for HttpLimits {
 }
 
 /// Open HTTP connections at most, unless `--http-max-connections` says otherwise.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Time to send a request header, unless `--http-header-timeout-secs` says otherwise.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
