@@ -599,6 +599,14 @@ async fn infer_route(
     request: Request<Body>,
 ) -> Result<Response, Error> {
     let model = state.infer.model(name, version)?;
+    // Overload is refused before the body is read: refusing must cost less than serving.
+    if let Err(refused) = model.admits() {
+        model.stats.record_failure(
+            std::time::Duration::ZERO,
+            crate::stats::FailureReason::Rejected,
+        );
+        return Err(refused);
+    }
     let headers = request.headers().clone();
     let body = read_body(request, state.max_input_size, state.body_timeout).await?;
     let header_length = headers

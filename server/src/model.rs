@@ -460,6 +460,16 @@ impl ModelVersion {
             .await
     }
 
+    /// Whether a request would be admitted to the queue now (see
+    /// [`crate::scheduler::WaitLimit`]): the HTTP front end asks before reading a body, so that
+    /// refusing overload costs no parsing. An ensemble admits at its steps.
+    pub fn admits(&self) -> Result<(), Error> {
+        match &self.executor {
+            Executor::Scheduled(scheduler) => scheduler.admits(),
+            Executor::Ensemble(_) => Ok(()),
+        }
+    }
+
     /// Requests queued and not yet executing.
     pub fn pending(&self) -> u64 {
         match &self.executor {

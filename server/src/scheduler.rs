@@ -208,6 +208,11 @@ impl Scheduler {
         })
     }
 
+    /// Whether a request would be admitted now by the wait limit.
+    pub fn admits(&self) -> Result<(), Error> {
+        self.wait.admit(self.pending.load(Ordering::Relaxed))
+    }
+
     /// Requests waiting for an instance.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
