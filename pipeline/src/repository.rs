@@ -142,14 +142,6 @@ impl ModelRepository {
         }
     }
 
-    /// The directory, for a local repository.
-    pub fn local_root(&self) -> Option<&Path> {
-        match &self.kind {
-            Kind::Local(root) => Some(root),
-            Kind::Remote(_) => None,
-        }
-    }
-
     /// The path or URL, as given.
     pub fn describe(&self) -> String {
         match &self.kind {

@@ -706,11 +706,6 @@ impl ServedBinary {
             child,
         }
     }
-
-    /// `http://127.0.0.1:<http port><path>`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http)
-    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
