@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub http_limits: connections::HttpLimits,
     /// The time a client has to send a request body.
     pub http_body_timeout: Duration,
+    /// Open gRPC connections at most, handshake and keep-alive times, unary message deadline.
+    pub grpc_limits: connections::GrpcLimits,
     /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
     /// size limits); see [`model::VersionSettings::max_queue_wait`].
     pub max_queue_wait: Option<Duration>,
@@ -99,6 +101,7 @@ impl ServeConfig {
             max_queue_wait: Some(model::DEFAULT_MAX_QUEUE_WAIT),
             http_limits: connections::HttpLimits::default(),
             http_body_timeout: http::DEFAULT_BODY_TIMEOUT,
+            grpc_limits: connections::GrpcLimits::default(),
             triggers: None,
         }
     }
@@ -226,14 +229,17 @@ pub async fn start(
         config.http_limits,
         stopped(),
     );
+    let grpc_limits = config.grpc_limits;
     let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(grpc_limits.keepalive_time))
+        .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
+        .layer(connections::UnaryBodyDeadlineLayer {
+            limit: grpc_limits.body_timeout,
+        })
         .add_service(health_service)
         .add_service(grpc::service(infer.clone(), grpc_restrictions))
         .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                |tcp| tcp.and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp)),
-            ),
+            connections::grpc_incoming(grpc_listener, grpc_limits),
             stopped(),
         );
     let metrics_server = axum::serve(metrics_listener, metrics::router(infer.clone()))

@@ -131,6 +131,30 @@ struct ServeArgs {
     #[arg(long, env = "NEREID_HTTP_BODY_TIMEOUT_SECS", default_value_t = 60)]
     http_body_timeout_secs: u64,
 
+    /// Most gRPC connections open at once; further clients wait in the kernel's accept queue
+    /// until one closes.
+    #[arg(long, env = "NEREID_GRPC_MAX_CONNECTIONS", default_value_t = nereid_server::connections::DEFAULT_MAX_CONNECTIONS)]
+    grpc_max_connections: usize,
+
+    /// Seconds a gRPC client has to send HTTP/2's connection preface before it is closed.
+    #[arg(long, env = "NEREID_GRPC_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    grpc_handshake_timeout_secs: u64,
+
+    /// Milliseconds of quiet after which the server pings a gRPC connection (Triton's flag;
+    /// Triton's default is two hours).
+    #[arg(long, env = "NEREID_GRPC_KEEPALIVE_TIME", default_value_t = 30_000)]
+    grpc_keepalive_time: u64,
+
+    /// Milliseconds a gRPC client has to acknowledge a ping before its connection is closed
+    /// (Triton's flag and default).
+    #[arg(long, env = "NEREID_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20_000)]
+    grpc_keepalive_timeout: u64,
+
+    /// Seconds a gRPC client has to send a unary call's request message after its headers
+    /// (DEADLINE_EXCEEDED otherwise). Streaming calls are exempt.
+    #[arg(long, env = "NEREID_GRPC_BODY_TIMEOUT_SECS", default_value_t = 60)]
+    grpc_body_timeout_secs: u64,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "NEREID_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     exit_timeout_secs: u64,
@@ -250,6 +274,13 @@ impl From<ServeArgs> for ServeConfig {
                 header_timeout: Duration::from_secs(a.http_header_timeout_secs.max(1)),
             },
             http_body_timeout: Duration::from_secs(a.http_body_timeout_secs.max(1)),
+            grpc_limits: nereid_server::connections::GrpcLimits {
+                max_connections: a.grpc_max_connections.max(1),
+                handshake_timeout: Duration::from_secs(a.grpc_handshake_timeout_secs.max(1)),
+                keepalive_time: Duration::from_millis(a.grpc_keepalive_time.max(1)),
+                keepalive_timeout: Duration::from_millis(a.grpc_keepalive_timeout.max(1)),
+                body_timeout: Duration::from_secs(a.grpc_body_timeout_secs.max(1)),
+            },
             max_queue_wait: (a.max_queue_wait_ms > 0)
                 .then(|| Duration::from_millis(a.max_queue_wait_ms)),
             triggers: a.triggers.map(|file| {

@@ -59,6 +59,10 @@ async fn serve_takes_every_setting_from_the_environment() {
         .env("NEREID_PREDICTION_LOG_DIR", dir.path().join("log"))
         .env("NEREID_TRIGGER_RECORD_DIR", dir.path().join("record"))
         .env("NEREID_LOG", "warn")
+        .env("NEREID_HTTP_HEADER_TIMEOUT_SECS", "1")
+        .env("NEREID_GRPC_HANDSHAKE_TIMEOUT_SECS", "1")
+        .env("NEREID_GRPC_KEEPALIVE_TIME", "500")
+        .env("NEREID_GRPC_KEEPALIVE_TIMEOUT", "500")
         .stdout(Stdio::null())
         .spawn()
         .expect("serve");
@@ -155,6 +159,29 @@ async fn serve_takes_every_setting_from_the_environment() {
         .expect("live")
         .into_inner();
     assert!(live.live);
+
+    // The connection timeouts: a connection that sends nothing is closed after a second on both
+    // front ends; one that opens HTTP/2 and then ignores pings, after the keep-alive time and
+    // timeout.
+    for (port, opening) in [
+        (http, &b""[..]),
+        (grpc, &b""[..]),
+        (
+            grpc,
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"[..],
+        ),
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut idle = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        idle.write_all(opening).await.expect("write");
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut sink))
+            .await
+            .unwrap_or_else(|_| panic!("port {port} kept an idle connection open"))
+            .ok();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
