@@ -6,7 +6,8 @@
         DST_REPO gets:
           iris_classifier  the checked-in model from SRC_REPO, as is (KIND_CPU);
           iris_gpu         the same weights and config with instance_group [ { count: 1 kind: KIND } ];
-          mlp_cpu/mlp_gpu  a 256 -> 1024 -> 1024 -> 16 ReLU MLP with input standardisation and a
+          mlp_cpu/mlp_gpu  a 256 -> 1024 -> 1024 -> 16 ReLU MLP (hidden width from MLP_HIDDEN,
+                           default 1024) with input standardisation and a
                            softmax output, the same random weights (fixed seed), KIND_CPU and KIND,
                            two instances each, max_batch_size 64, dynamic batching.
         KIND is KIND_GPU on the GPU machine (KIND_CPU for a dry run of the harness without a GPU).
@@ -26,7 +27,9 @@ import sys
 import urllib.error
 import urllib.request
 
-MLP_SIZES = [256, 1024, 1024, 16]
+# MLP_HIDDEN widens the two hidden layers (a slower model, e.g. for bench/overload.sh).
+MLP_HIDDEN = int(os.environ.get("MLP_HIDDEN", "1024"))
+MLP_SIZES = [256, MLP_HIDDEN, MLP_HIDDEN, 16]
 MLP_MAX_BATCH = 64
 
 

@@ -32,6 +32,9 @@ pub struct Window {
     /// How long failed requests took to fail, in microseconds (a server that refuses overload
     /// should refuse it quickly).
     pub error_latency: Histogram<u64>,
+    /// The same from the moment each failed request was actually sent: in an open loop whose
+    /// generator falls behind its schedule, what the server took, without the generator's lag.
+    pub error_service_latency: Histogram<u64>,
     pub sent: u64,
     pub succeeded: u64,
     pub errors: BTreeMap<String, u64>,
@@ -45,6 +48,7 @@ impl Default for Window {
             latency: histogram(),
             send_lag: histogram(),
             error_latency: histogram(),
+            error_service_latency: histogram(),
             sent: 0,
             succeeded: 0,
             errors: BTreeMap::new(),
@@ -67,6 +71,9 @@ impl Window {
             .expect("histograms share bounds. This is a bug.");
         self.error_latency
             .add(&other.error_latency)
+            .expect("histograms share bounds. This is a bug.");
+        self.error_service_latency
+            .add(&other.error_service_latency)
             .expect("histograms share bounds. This is a bug.");
         self.sent += other.sent;
         self.succeeded += other.succeeded;
@@ -110,6 +117,17 @@ impl Recorder {
 
     /// A request completed after `latency` (measured by the caller from the right origin).
     pub fn record(&self, outcome: Result<(), ClientError>, latency: Duration) {
+        self.record_scheduled(outcome, latency, latency);
+    }
+
+    /// An open-loop request completed `latency` after its scheduled time and `since_sent` after
+    /// it was actually sent.
+    pub fn record_scheduled(
+        &self,
+        outcome: Result<(), ClientError>,
+        latency: Duration,
+        since_sent: Duration,
+    ) {
         let mut guard = self.lock();
         let window = &mut guard.0;
         match outcome {
@@ -119,6 +137,9 @@ impl Recorder {
             }
             Err(err) => {
                 window.error_latency.saturating_record(micros(latency));
+                window
+                    .error_service_latency
+                    .saturating_record(micros(since_sent));
                 let kind = err.kind();
                 if !window.error_examples.contains_key(&kind) {
                     window.error_examples.insert(kind.clone(), err.to_string());

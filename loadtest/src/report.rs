@@ -56,6 +56,8 @@ pub struct StepReport {
     pub error_examples: BTreeMap<String, String>,
     /// How long the failed requests took to fail, when any failed.
     pub error_latency_us: Option<Latency>,
+    /// Open loop: the same from each failed request's actual send, without the generator's lag.
+    pub error_service_latency_us: Option<Latency>,
     /// The server's statistics over the reported windows.
     pub server: Option<ServerSide>,
     /// Requests that completed while the statistics samples at the two ends of the reported
@@ -178,6 +180,13 @@ impl Report {
                     out,
                     "failures took p50 {} us, p99 {} us, max {} us",
                     l.p50, l.p99, l.max
+                );
+            }
+            if let Some(l) = &s.error_service_latency_us {
+                let _ = writeln!(
+                    out,
+                    "  from their actual send (without the generator's lag): p50 {} us, p99 {} us",
+                    l.p50, l.p99
                 );
             }
         }

@@ -346,6 +346,8 @@ fn summarise(
         latency_us: Latency::of(&merged.latency),
         send_lag_us: rate.map(|_| Latency::of(&merged.send_lag)),
         error_latency_us: (merged.failed() > 0).then(|| Latency::of(&merged.error_latency)),
+        error_service_latency_us: (rate.is_some() && merged.failed() > 0)
+            .then(|| Latency::of(&merged.error_service_latency)),
         errors: merged.errors.clone(),
         error_examples: totals.error_examples.clone(),
         server,
@@ -446,7 +448,8 @@ async fn run_open(
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     break;
                 };
-                recorder.sent(Some(Instant::now().saturating_duration_since(scheduled)));
+                let sent_at = Instant::now();
+                recorder.sent(Some(sent_at.saturating_duration_since(scheduled)));
                 let client = clients[k % clients.len()].clone();
                 let prepared = Arc::clone(&prepared);
                 let recorder = Arc::clone(&recorder);
@@ -454,7 +457,7 @@ async fn run_open(
                 in_flight.spawn(async move {
                     let outcome = client.infer_prepared(&prepared[index]).await.map(drop);
                     // From the scheduled time: waiting to be sent is part of the latency.
-                    recorder.record(outcome, scheduled.elapsed());
+                    recorder.record_scheduled(outcome, scheduled.elapsed(), sent_at.elapsed());
                     drop(permit);
                 });
                 k += 1;
