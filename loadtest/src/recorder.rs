@@ -231,6 +231,33 @@ mod tests {
     }
 
     #[test]
+    fn open_loop_failures_are_timed_from_schedule_and_from_send() {
+        let r = Recorder::default();
+        r.record_scheduled(
+            Err(ClientError::Http {
+                status: 503,
+                message: "Exceeds maximum queue size".into(),
+            }),
+            Duration::from_millis(900),
+            Duration::from_micros(200),
+        );
+        r.record_scheduled(Ok(()), Duration::from_millis(5), Duration::from_millis(1));
+        let (w, _) = r.take();
+        let (scheduled, sent) = (
+            Latency::of(&w.error_latency),
+            Latency::of(&w.error_service_latency),
+        );
+        assert_eq!((scheduled.count, sent.count), (1, 1));
+        assert!(
+            scheduled.max >= 899_000 && scheduled.max <= 901_000,
+            "{scheduled:?}"
+        );
+        assert!(sent.max >= 199 && sent.max <= 201, "{sent:?}");
+        // Successes keep their latency from the schedule.
+        assert!(Latency::of(&w.latency).max >= 4_990, "{w:?}");
+    }
+
+    #[test]
     fn percentiles_and_merge() {
         let r = Recorder::default();
         for us in 1..=1000 {
