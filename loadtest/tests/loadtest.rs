@@ -166,10 +166,7 @@ async fn open_loop_sends_at_the_requested_rate() {
         // standard deviations plus those shifts: a wrong rate fails, a slow machine does not.
         let expected = rate * step.measured_s;
         let noise = 5.0 * expected.sqrt();
-        let lag = step
-            .send_lag_us
-            .clone()
-            .expect("open loop reports send lag");
+        let lag = step.send_lag_us.expect("open loop reports send lag");
         let late_sends = rate * lag.max as f64 / 1e6;
         let slow_completions = rate * step.latency_us.max as f64 / 1e6;
         let sent = step.offered_rate * step.measured_s;

@@ -16,6 +16,13 @@ use crate::{
     RequestedOutput, Result, Tensor,
 };
 
+/// The `triton_` request parameters a gRPC client may send (NVIDIA's clients and perf_analyzer
+/// send them; Triton accepts exactly these and refuses every other `triton_` key).
+pub const GRPC_TRITON_PARAMETERS: &[&str] = &["triton_enable_empty_final_response"];
+
+/// The response parameter that marks a stream response as the last for its request.
+pub const FINAL_RESPONSE_PARAMETER: &str = "triton_final_response";
+
 pub fn parameter_from_grpc(p: &InferParameter) -> Option<Parameter> {
     Some(match p.parameter_choice.as_ref()? {
         ParameterChoice::BoolParam(v) => Parameter::Bool(*v),
@@ -45,7 +52,20 @@ fn parameters_from_grpc(
     let mut out = Parameters::new();
     for (key, value) in map {
         if key.starts_with("triton_") {
-            return Err(Error::invalid_arg("parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified."));
+            if !GRPC_TRITON_PARAMETERS.contains(&key.as_str()) {
+                return Err(Error::invalid_arg(format!(
+                    "parameter keys starting with 'triton_' are reserved for Triton usage. Only the following keys starting with 'triton_' are allowed: {}",
+                    GRPC_TRITON_PARAMETERS.join(" ")
+                )));
+            }
+            if !matches!(value.parameter_choice, Some(ParameterChoice::BoolParam(_))) {
+                return Err(Error::invalid_arg(format!(
+                    "invalid value type for '{key}' parameter, expected bool_param."
+                )));
+            }
+            // It asks for an empty final response from decoupled models, which Nereid does not
+            // serve; every stream response is final (`triton_final_response: true`).
+            continue;
         }
         if let Some(value) = parameter_from_grpc(value) {
             out.insert(key.clone(), value);

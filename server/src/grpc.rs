@@ -18,6 +18,48 @@ use crate::infer::Infer;
 use crate::registry::LoadOverride;
 use crate::restrict::{Api, Restrictions};
 
+/// Requests of one `ModelStreamInfer` stream running at once; the next waits for a slot.
+const STREAM_MAX_IN_FLIGHT: usize = 1024;
+/// Responses of one stream ready but not yet taken by the transport.
+const STREAM_RESPONSE_BUFFER: usize = 64;
+
+/// One stream request's reply: its response, or its error in the stream (the stream stays open).
+/// Both carry the request's id and Triton's `triton_final_response` flag.
+async fn stream_reply(infer: &Infer, message: ModelInferRequest) -> ModelStreamInferResponse {
+    let (id, model_name, model_version) = (
+        message.id.clone(),
+        message.model_name.clone(),
+        message.model_version.clone(),
+    );
+    let outcome = async {
+        let (name, version, request) = request_from_grpc(message)?;
+        infer.infer(&name, &version, request).await
+    }
+    .await;
+    let (error_message, mut response) = match outcome {
+        Ok(response) => (String::new(), response_to_grpc(response)),
+        Err(err) => (
+            err.message,
+            ModelInferResponse {
+                model_name,
+                model_version,
+                id,
+                ..Default::default()
+            },
+        ),
+    };
+    response.parameters.insert(
+        nereid_protocol::grpc::FINAL_RESPONSE_PARAMETER.to_string(),
+        InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::BoolParam(true)),
+        },
+    );
+    ModelStreamInferResponse {
+        error_message,
+        infer_response: Some(response),
+    }
+}
+
 /// Triton's gRPC message size limit, for both directions.
 pub const MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
 
@@ -124,34 +166,28 @@ impl GrpcInferenceService for GrpcService {
             .check_grpc(Api::Inference, request.metadata())?;
         let infer = self.infer.clone();
         let mut incoming = request.into_inner();
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_RESPONSE_BUFFER);
         tokio::spawn(async move {
+            // Requests of one stream run concurrently, as Triton runs them; each response
+            // carries its request's id and goes out when it is ready.
+            let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(STREAM_MAX_IN_FLIGHT));
             while let Some(message) = incoming.next().await {
-                let reply = match message {
-                    Ok(message) => {
-                        let outcome = async {
-                            let (name, version, request) = request_from_grpc(message)?;
-                            infer.infer(&name, &version, request).await
-                        }
-                        .await;
-                        // Per-request errors travel in the stream; the stream stays open.
-                        Ok(match outcome {
-                            Ok(response) => ModelStreamInferResponse {
-                                error_message: String::new(),
-                                infer_response: Some(response_to_grpc(response)),
-                            },
-                            Err(err) => ModelStreamInferResponse {
-                                error_message: err.message,
-                                infer_response: None,
-                            },
-                        })
+                let message = match message {
+                    Ok(message) => message,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        break;
                     }
-                    Err(status) => Err(status),
                 };
-                let failed = reply.is_err();
-                if sender.send(reply).await.is_err() || failed {
+                let Ok(permit) = std::sync::Arc::clone(&in_flight).acquire_owned().await else {
                     break;
-                }
+                };
+                let (infer, sender) = (infer.clone(), sender.clone());
+                tokio::spawn(async move {
+                    let reply = stream_reply(&infer, message).await;
+                    let _ = sender.send(Ok(reply)).await;
+                    drop(permit);
+                });
             }
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);

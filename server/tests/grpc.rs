@@ -574,7 +574,27 @@ async fn model_infer_errors_map_to_status_codes() {
     assert_status(
         client.model_infer(request).await,
         Code::InvalidArgument,
-        "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified.",
+        "parameter keys starting with 'triton_' are reserved for Triton usage. Only the following keys starting with 'triton_' are allowed: triton_enable_empty_final_response",
+    );
+    assert_grpc_serving(&mut client).await;
+
+    // What NVIDIA's clients send is accepted, with Triton's type check.
+    let mut request = fp32_raw_request(1, &sixteen);
+    request.parameters.insert(
+        "triton_enable_empty_final_response".into(),
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::BoolParam(true)),
+        },
+    );
+    assert!(client.model_infer(request).await.is_ok());
+    let mut request = fp32_raw_request(1, &sixteen);
+    request
+        .parameters
+        .insert("triton_enable_empty_final_response".into(), int64_param(1));
+    assert_status(
+        client.model_infer(request).await,
+        Code::InvalidArgument,
+        "invalid value type for 'triton_enable_empty_final_response' parameter, expected bool_param.",
     );
     assert_grpc_serving(&mut client).await;
 
@@ -622,17 +642,31 @@ async fn stream_infer_reports_errors_in_band_and_stays_open() {
     bad.id = "two".into();
     sender.send(bad).await.unwrap();
 
-    let reply = responses.message().await.unwrap().expect("first reply");
-    assert_eq!(reply.error_message, "");
-    let response = reply.infer_response.expect("an inference response");
-    assert_eq!(response.id, "one");
+    // Requests run concurrently, so the replies come in either order; each names its request
+    // and is marked final, as Triton marks stream responses.
+    let mut replies = HashMap::new();
+    for _ in 0..2 {
+        let reply = responses.message().await.unwrap().expect("a reply");
+        let response = reply
+            .infer_response
+            .clone()
+            .expect("a response in every reply");
+        assert_eq!(
+            response.parameters["triton_final_response"].parameter_choice,
+            Some(ParameterChoice::BoolParam(true))
+        );
+        replies.insert(response.id.clone(), reply);
+    }
+    let one = &replies["one"];
+    assert_eq!(one.error_message, "");
+    let response = one.infer_response.as_ref().unwrap();
     assert_eq!(f32_from_bytes(&response.raw_output_contents[0]), first);
-
-    let reply = responses.message().await.unwrap().expect("second reply");
+    let two = &replies["two"];
     assert_eq!(
-        reply.error_message,
+        two.error_message,
         "Request for unknown model: 'nope' is not found"
     );
+    assert_eq!(two.infer_response.as_ref().unwrap().model_name, "nope");
 
     // The stream is still open: a third request is answered on it.
     let third = ramp(32, 9.0);
@@ -650,6 +684,61 @@ async fn stream_infer_reports_errors_in_band_and_stays_open() {
     drop(sender);
     assert!(responses.message().await.unwrap().is_none());
     assert_grpc_serving(&mut client).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_requests_run_concurrently() {
+    // A model that batches up to 8 and waits up to 30 s for a full batch: eight requests on one
+    // stream form one batch only if the stream does not wait for each reply before the next.
+    let repo = Repo::new().model(
+        "gather",
+        "name: \"gather\"\nbackend: \"identity\"\nmax_batch_size: 8\n\
+         input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
+         output [ { name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
+         dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 30000000 }\n",
+        &[1],
+    );
+    let server = TestServer::start_repo(repo).await;
+    let mut client = server.grpc_client().await;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<ModelInferRequest>(8);
+    let mut responses = client
+        .model_stream_infer(ReceiverStream::new(receiver))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    for i in 0..8 {
+        let mut request = fp32_raw_request(1, &[i as f32]);
+        request.model_name = "gather".into();
+        request.inputs[0].shape = vec![1, 1];
+        request.id = format!("r{i}");
+        sender.send(request).await.unwrap();
+    }
+    let mut ids = BTreeSet::new();
+    for _ in 0..8 {
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(20), responses.message())
+            .await
+            .expect("a full batch runs at once")
+            .unwrap()
+            .expect("a reply");
+        assert_eq!(reply.error_message, "");
+        let response = reply.infer_response.unwrap();
+        let i: usize = response.id[1..].parse().unwrap();
+        assert_eq!(f32_from_bytes(&response.raw_output_contents[0]), [i as f32]);
+        ids.insert(response.id);
+    }
+    assert_eq!(ids.len(), 8);
+    let stats = client
+        .model_statistics(ModelStatisticsRequest {
+            name: "gather".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stats = &stats.model_stats[0];
+    assert_eq!((stats.inference_count, stats.execution_count), (8, 1));
+    drop(sender);
     server.shutdown().await.unwrap();
 }
 

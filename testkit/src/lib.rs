@@ -84,6 +84,12 @@ pub const ONNX_RUNTIME: Suite = Suite {
     title: "ONNX Runtime backend tests",
     kind: Kind::Tool,
 };
+/// NVIDIA's perf_analyzer (PyPI wheel, run in a Debian 13 root) against a server.
+pub const PERF_ANALYZER: Suite = Suite {
+    id: "perf_analyzer",
+    title: "perf_analyzer tests",
+    kind: Kind::Tool,
+};
 /// Anything that needs a CUDA GPU.
 pub const GPU: Suite = Suite {
     id: "gpu",
