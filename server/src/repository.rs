@@ -338,7 +338,140 @@ pub fn validate(config: &ModelConfig) -> Result<(), String> {
             "ensemble scheduling cannot be set for model '{m}' whose platform is not ensemble"
         ));
     }
+    if let Some((field, why)) = unsupported_field(config) {
+        return Err(format!(
+            "model '{m}': config field '{field}' is not supported by Nereid ({why}); remove it to load the model"
+        ));
+    }
     Ok(())
+}
+
+/// The first field of `config` that Nereid does not implement and that would change what the
+/// model answers or how it is secured if it were dropped, with the reason. Fields that only tune
+/// performance on Triton's other backends (`optimization` other than the ONNX graph level,
+/// `instance_group.rate_limiter`, which Triton itself ignores without `--rate-limit`,
+/// `instance_group.profile` and `host_policy`, `input.format`, `metric_tags`, `model_metrics`,
+/// `ensemble_scheduling.max_inflight_requests`) load and are ignored (README, "Model
+/// configuration").
+pub fn unsupported_field(config: &ModelConfig) -> Option<(String, &'static str)> {
+    use nereid_protocol::inference::model_config::SchedulingChoice;
+    let found = |field: String, why: &'static str| Some((field, why));
+    if let Some(SchedulingChoice::SequenceBatching(_)) = &config.scheduling_choice {
+        return found(
+            "sequence_batching".into(),
+            "stateful models and their control inputs are not implemented",
+        );
+    }
+    if config
+        .model_transaction_policy
+        .as_ref()
+        .is_some_and(|p| p.decoupled)
+    {
+        return found(
+            "model_transaction_policy.decoupled".into(),
+            "every request gets exactly one response",
+        );
+    }
+    if config.response_cache.as_ref().is_some_and(|c| c.enable) {
+        return found("response_cache".into(), "there is no response cache");
+    }
+    if !config.batch_input.is_empty() {
+        return found("batch_input".into(), "ragged batching is not implemented");
+    }
+    if !config.batch_output.is_empty() {
+        return found("batch_output".into(), "ragged batching is not implemented");
+    }
+    for input in &config.input {
+        let name = &input.name;
+        if input.allow_ragged_batch {
+            return found(
+                format!("input '{name}' allow_ragged_batch"),
+                "ragged batching is not implemented",
+            );
+        }
+        if input.is_shape_tensor {
+            return found(
+                format!("input '{name}' is_shape_tensor"),
+                "shape tensors are a TensorRT feature",
+            );
+        }
+        if input.is_non_linear_format_io {
+            return found(
+                format!("input '{name}' is_non_linear_format_io"),
+                "non-linear tensor formats are a TensorRT feature",
+            );
+        }
+    }
+    for output in &config.output {
+        let name = &output.name;
+        if output.is_shape_tensor {
+            return found(
+                format!("output '{name}' is_shape_tensor"),
+                "shape tensors are a TensorRT feature",
+            );
+        }
+        if output.is_non_linear_format_io {
+            return found(
+                format!("output '{name}' is_non_linear_format_io"),
+                "non-linear tensor formats are a TensorRT feature",
+            );
+        }
+    }
+    for group in &config.instance_group {
+        if group.passive {
+            return found(
+                "instance_group.passive".into(),
+                "every instance takes requests",
+            );
+        }
+        if !group.secondary_devices.is_empty() {
+            return found(
+                "instance_group.secondary_devices".into(),
+                "instances run on one device",
+            );
+        }
+    }
+    if config
+        .model_operations
+        .as_ref()
+        .is_some_and(|o| !o.op_library_filename.is_empty())
+    {
+        return found(
+            "model_operations".into(),
+            "custom operator libraries are not loaded",
+        );
+    }
+    if config
+        .model_repository_agents
+        .as_ref()
+        .is_some_and(|a| !a.agents.is_empty())
+    {
+        return found(
+            "model_repository_agents".into(),
+            "repository agents (such as checksum verification) do not run",
+        );
+    }
+    if !config.cc_model_filenames.is_empty() {
+        return found(
+            "cc_model_filenames".into(),
+            "the model file does not depend on the GPU's compute capability",
+        );
+    }
+    if !config.runtime.is_empty() {
+        return found(
+            "runtime".into(),
+            "backends are built in; there is no runtime library to choose",
+        );
+    }
+    if let Some(ensemble) = config.ensemble_scheduling() {
+        if ensemble.step.iter().any(|s| !s.model_namespace.is_empty()) {
+            return found(
+                "ensemble_scheduling.step.model_namespace".into(),
+                "model namespacing is not implemented",
+            );
+        }
+    }
+    None
 }
 
 fn check_dims(
@@ -473,5 +606,78 @@ output [ { name: "O" data_type: TYPE_FP32 dims: [ 2 ] } ]"#;
         );
         c = parse(r#"name: "m" input [ { name: "I" data_type: TYPE_FP32 dims: [4] } ]"#);
         assert!(validate(&c).unwrap_err().contains("must specify 'backend'"));
+    }
+
+    #[test]
+    fn unimplemented_fields_are_refused_by_name() {
+        let parse = |t: &str| config::parse_pbtxt(t, "c").unwrap();
+        let base = r#"name: "m" backend: "identity" max_batch_size: 4
+input [ { name: "I" data_type: TYPE_FP32 dims: [2] } ]
+output [ { name: "O" data_type: TYPE_FP32 dims: [2] } ]
+"#;
+        let refused = [
+            ("sequence_batching { max_sequence_idle_microseconds: 5000000 }", "sequence_batching"),
+            ("sequence_batching { direct { } }", "sequence_batching"),
+            ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
+            ("response_cache { enable: true }", "response_cache"),
+            (
+                r#"batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "L" data_type: TYPE_INT32 source_input: "I" } ]"#,
+                "batch_input",
+            ),
+            (r#"batch_output [ { target_name: "O" source_input: "I" } ]"#, "batch_output"),
+            ("instance_group [ { count: 1 kind: KIND_CPU passive: true } ]", "instance_group.passive"),
+            (
+                "instance_group [ { count: 1 kind: KIND_CPU secondary_devices [ { kind: KIND_NVDLA device_id: 0 } ] } ]",
+                "instance_group.secondary_devices",
+            ),
+            (r#"model_operations { op_library_filename: "libcustom.so" }"#, "model_operations"),
+            (
+                r#"model_repository_agents { agents [ { name: "checksum" } ] }"#,
+                "model_repository_agents",
+            ),
+            (r#"cc_model_filenames { key: "8.0" value: "a100.onnx" }"#, "cc_model_filenames"),
+            (r#"runtime: "model.py""#, "runtime"),
+        ];
+        for (extra, field) in refused {
+            let c = parse(&format!("{base}{extra}"));
+            let err = validate(&c).expect_err(extra);
+            assert!(
+                err.contains(&format!("config field '{field}' is not supported")),
+                "{extra}: {err}"
+            );
+        }
+        let ragged = parse(
+            r#"name: "m" backend: "identity" input [ { name: "I" data_type: TYPE_FP32 dims: [-1] allow_ragged_batch: true } ]"#,
+        );
+        assert!(validate(&ragged)
+            .unwrap_err()
+            .contains("'input 'I' allow_ragged_batch'"));
+        let shape = parse(
+            r#"name: "m" backend: "identity" output [ { name: "O" data_type: TYPE_INT32 dims: [2] is_shape_tensor: true } ]"#,
+        );
+        assert!(validate(&shape)
+            .unwrap_err()
+            .contains("'output 'O' is_shape_tensor'"));
+        let namespaced = parse(
+            r#"name: "e" platform: "ensemble" ensemble_scheduling { step [ { model_name: "m" model_version: -1 model_namespace: "team" } ] }"#,
+        );
+        assert!(validate(&namespaced)
+            .unwrap_err()
+            .contains("ensemble_scheduling.step.model_namespace"));
+
+        // Performance-only settings for other backends load and are ignored; fields set to
+        // their defaults are not "set".
+        let ignored = [
+            "optimization { priority: PRIORITY_MAX cuda { graphs: true } input_pinned_memory { enable: false } }",
+            r#"optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" } ] } }"#,
+            r#"instance_group [ { count: 1 kind: KIND_CPU rate_limiter { resources [ { name: "R" count: 1 } ] priority: 2 } host_policy: "numa0" } ]"#,
+            r#"metric_tags { key: "team" value: "fraud" }"#,
+            "model_transaction_policy { decoupled: false }",
+            "response_cache { enable: false }",
+        ];
+        for extra in ignored {
+            let c = parse(&format!("{base}{extra}"));
+            assert_eq!(validate(&c), Ok(()), "{extra}");
+        }
     }
 }

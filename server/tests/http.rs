@@ -1104,6 +1104,20 @@ async fn unavailable_models_are_reported_while_others_serve() {
         .unwrap()
         .to_string();
     assert!(broken_reason.contains("config.pbtxt"), "{broken_reason}");
+    assert_eq!(state("stateful", ""), "UNAVAILABLE");
+    let stateful_reason = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "stateful")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        stateful_reason.contains("config field 'sequence_batching' is not supported"),
+        "{stateful_reason}"
+    );
 
     let ready_only = server
         .post_json("/v2/repository/index", &json!({"ready": true}))

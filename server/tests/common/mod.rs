@@ -530,6 +530,15 @@ pub fn faulty_repo() -> Repo {
     let labels = std::fs::read(iris.join("labels.txt")).expect("iris labels");
     Repo::new()
         .model("broken", "name: \"broken\"\ninput [ { name: ", &[1])
+        // A stateful model: Nereid has no sequence batcher, so it must not load as stateless.
+        .model(
+            "stateful",
+            "name: \"stateful\"\nbackend: \"identity\"\nmax_batch_size: 4\n\
+             input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
+             output [ { name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
+             sequence_batching { max_sequence_idle_microseconds: 5000000 }\n",
+            &[1],
+        )
         .model("partial", &config, &[1, 2])
         .file("partial/2/model.safetensors", &weights)
         .file("partial/labels.txt", &labels)
