@@ -1,8 +1,11 @@
-//! `nereid infer`: one inference from the command line, built on [`Client`].
+//! The commands that talk to a server, built on [`Client`]: `nereid infer` (one inference),
+//! `nereid health`, `nereid stats` and `nereid repo index|load|unload`.
 //!
-//! The `nereid` binary owns the command tree; it embeds [`InferArgs`] as a subcommand and calls
-//! [`run_infer`]. Inputs come from NumPy `.npy` files, JSON files or inline JSON, or from a whole
-//! v2 request body; outputs are printed as v2 response JSON or saved as `.npy` files.
+//! The `nereid` binary owns the command tree; it embeds these argument structs as subcommands
+//! and calls their `run_*` functions. Every command takes the same [`ConnectArgs`]: URL, protocol,
+//! extra headers (a restricted API's header, auth tokens) and a timeout. `infer` reads inputs
+//! from NumPy `.npy` files, JSON files or inline JSON, or a whole v2 request body; outputs are
+//! printed as v2 response JSON or saved as `.npy` files.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,13 +27,8 @@ pub struct InferArgs {
     /// Name of the model to run.
     pub model: String,
 
-    /// Server URL. Nereid and Triton serve HTTP on port 8000 and gRPC on 8001.
-    #[arg(long, env = "NEREID_URL", default_value = "http://127.0.0.1:8000")]
-    pub url: String,
-
-    /// Wire protocol; gRPC needs the gRPC port in --url.
-    #[arg(long, value_enum, default_value_t = Protocol::Http)]
-    pub protocol: Protocol,
+    #[command(flatten)]
+    pub server: ConnectArgs,
 
     /// Model version; empty means the server's choice (usually the latest).
     #[arg(long, default_value = "")]
@@ -70,10 +68,218 @@ pub struct InferArgs {
     /// Save each output as DIR/<output>.npy instead of printing the response.
     #[arg(long, value_name = "DIR")]
     pub save_dir: Option<PathBuf>,
+}
+
+/// How to reach a server: shared by every command that calls one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Server URL. Nereid and Triton serve HTTP on port 8000 and gRPC on 8001.
+    #[arg(long, env = "NEREID_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+
+    /// Wire protocol; gRPC needs the gRPC port in --url.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    pub protocol: Protocol,
+
+    /// A header to send with every call, `NAME:VALUE`, repeatable: an auth token, or the header
+    /// of a restricted API (`--http-restricted-api`; over gRPC, Triton's clients and Nereid's
+    /// server name it `triton-grpc-protocol-<header>`).
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
 
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+}
+
+impl ConnectArgs {
+    /// `url` and `protocol` with no extra headers and a 60 s timeout.
+    pub fn new(url: impl Into<String>, protocol: Protocol) -> Self {
+        ConnectArgs {
+            url: url.into(),
+            protocol,
+            headers: Vec::new(),
+            timeout_secs: 60,
+        }
+    }
+
+    /// Connects, with HTTP inputs sent as binary sections unless `json_inputs`.
+    pub async fn connect(&self, json_inputs: bool) -> anyhow::Result<Client> {
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| crate::parse_header(h).map_err(|e| anyhow!("--header: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let options = ClientOptions {
+            timeout: Some(Duration::from_secs(self.timeout_secs)),
+            http_binary_inputs: !json_inputs,
+            headers,
+            ..Default::default()
+        };
+        Client::connect(&self.url, self.protocol, options)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.url))
+    }
+}
+
+/// Is the server (or a model) live and ready? Exits 1 when not ready.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub server: ConnectArgs,
+    /// Ask about this model's readiness instead of the server's.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// With --model: the version (empty: the server's choice).
+    #[arg(long, default_value = "", requires = "model")]
+    pub model_version: String,
+}
+
+/// Runs `nereid health`, writing what it prints to `out`: whether it is ready.
+pub async fn run_health_to(args: HealthArgs, out: &mut impl Write) -> anyhow::Result<bool> {
+    let client = args.server.connect(false).await?;
+    let ready = match &args.model {
+        Some(model) => {
+            let ready = client.model_ready(model, &args.model_version).await?;
+            let version = if args.model_version.is_empty() {
+                String::new()
+            } else {
+                format!(" version {}", args.model_version)
+            };
+            writeln!(out, "model {model}{version} ready: {ready}")?;
+            ready
+        }
+        None => {
+            let live = client.server_live().await?;
+            let ready = client.server_ready().await?;
+            writeln!(out, "live: {live}\nready: {ready}")?;
+            live && ready
+        }
+    };
+    Ok(ready)
+}
+
+/// The statistics extension: per model and version counts and cumulative times, as JSON.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub server: ConnectArgs,
+    /// One model (default: every model).
+    pub model: Option<String>,
+    /// With a model: the version (empty: every loaded version).
+    #[arg(long, default_value = "")]
+    pub model_version: String,
+}
+
+/// Runs `nereid stats`, writing the statistics JSON (Triton's form) to `out`.
+pub async fn run_stats_to(args: StatsArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = args.server.connect(false).await?;
+    let model = args.model.as_deref().unwrap_or("");
+    let stats = client
+        .model_statistics(model, &args.model_version)
+        .await
+        .context("cannot read the statistics")?;
+    let json =
+        nereid_protocol::config::message_to_json(&stats, "inference.ModelStatisticsResponse");
+    let value: serde_json::Value = serde_json::from_str(&json)?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    Ok(())
+}
+
+/// The repository index: every model the server knows, its versions, states and reasons.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub server: ConnectArgs,
+    /// Only models that are ready.
+    #[arg(long)]
+    pub ready: bool,
+    /// Print JSON rows instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `nereid repo index`, writing a table (or JSON) to `out`.
+pub async fn run_index_to(args: IndexArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = args.server.connect(false).await?;
+    let index = client
+        .repository_index(args.ready)
+        .await
+        .context("cannot read the repository index")?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = index
+            .models
+            .iter()
+            .map(|m| {
+                serde_json::json!({"name": m.name, "version": m.version, "state": m.state,
+                                   "reason": m.reason})
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24} {:<8} {:<12} REASON",
+        "MODEL", "VERSION", "STATE"
+    )?;
+    for m in &index.models {
+        writeln!(
+            out,
+            "{:<24} {:<8} {:<12} {}",
+            m.name, m.version, m.state, m.reason
+        )?;
+    }
+    Ok(())
+}
+
+/// Load (or reload) a model through the repository API (explicit model control).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    pub model: String,
+    #[command(flatten)]
+    pub server: ConnectArgs,
+    /// A config (Triton's JSON form of `ModelConfig`) to load the model with instead of its
+    /// `config.pbtxt`.
+    #[arg(long, value_name = "FILE.json")]
+    pub config: Option<PathBuf>,
+}
+
+/// Runs `nereid repo load`.
+pub async fn run_load_to(args: LoadArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let client = args.server.connect(false).await?;
+    client
+        .load_model(&args.model, config.as_deref())
+        .await
+        .with_context(|| format!("cannot load model '{}'", args.model))?;
+    writeln!(out, "loaded {}", args.model)?;
+    Ok(())
+}
+
+/// Unload a model through the repository API; requests in flight finish first.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnloadArgs {
+    pub model: String,
+    #[command(flatten)]
+    pub server: ConnectArgs,
+}
+
+/// Runs `nereid repo unload`.
+pub async fn run_unload_to(args: UnloadArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let client = args.server.connect(false).await?;
+    client
+        .unload_model(&args.model)
+        .await
+        .with_context(|| format!("cannot unload model '{}'", args.model))?;
+    writeln!(out, "unloaded {}", args.model)?;
+    Ok(())
 }
 
 /// Runs `nereid infer`, printing to stdout.
@@ -84,14 +290,7 @@ pub async fn run_infer(args: InferArgs) -> anyhow::Result<()> {
 
 /// Runs `nereid infer`, writing what it prints to `out`.
 pub async fn run_infer_to(args: InferArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let options = ClientOptions {
-        timeout: Some(Duration::from_secs(args.timeout_secs)),
-        http_binary_inputs: !args.json,
-        ..Default::default()
-    };
-    let client = Client::connect(&args.url, args.protocol, options)
-        .await
-        .with_context(|| format!("cannot connect to {}", args.url))?;
+    let client = args.server.connect(args.json).await?;
     let request = build_request(&client, &args).await?;
     let response = client
         .infer(&args.model, &args.model_version, &request)

@@ -25,7 +25,9 @@ pub struct GrpcClient {
     client: GrpcInferenceServiceClient<Channel>,
     /// What the user asked to connect to, for error messages.
     target: Arc<str>,
-    options: ClientOptions,
+    options: Arc<ClientOptions>,
+    /// `options.headers` as metadata, checked and ready to send.
+    metadata: Arc<tonic::metadata::MetadataMap>,
 }
 
 /// A request converted once and sent many times (the load generator's hot path). Cloning it
@@ -71,15 +73,31 @@ impl GrpcClient {
         let client = GrpcInferenceServiceClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for (name, value) in &options.headers {
+            let key =
+                tonic::metadata::MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
+                    .map_err(|e| {
+                        ClientError::InvalidArgument(format!("invalid metadata name '{name}': {e}"))
+                    })?;
+            let value = value.parse().map_err(|e| {
+                ClientError::InvalidArgument(format!("invalid value for metadata '{name}': {e}"))
+            })?;
+            metadata.append(key, value);
+        }
         Ok(GrpcClient {
             client,
             target: url.into(),
-            options,
+            options: Arc::new(options),
+            metadata: Arc::new(metadata),
         })
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        if !self.metadata.is_empty() {
+            *request.metadata_mut() = (*self.metadata).clone();
+        }
         if let Some(limit) = self.options.timeout {
             // Sent as `grpc-timeout`, so that the server can give up too.
             request.set_timeout(limit);

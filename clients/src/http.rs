@@ -54,7 +54,9 @@ pub struct HttpClient {
     /// `http://host:port[/prefix]`, without a trailing slash.
     base: Arc<str>,
     client: HyperClient<HttpConnector, Full<Bytes>>,
-    options: ClientOptions,
+    options: Arc<ClientOptions>,
+    /// `options.headers`, checked and ready to send.
+    headers: Arc<http::HeaderMap>,
 }
 
 /// An inference request rendered once and sent many times (the load generator's hot path).
@@ -83,10 +85,21 @@ impl HttpClient {
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &options.headers {
+            let name = http::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
+                ClientError::InvalidArgument(format!("invalid header name '{name}': {e}"))
+            })?;
+            let value = HeaderValue::from_str(value).map_err(|e| {
+                ClientError::InvalidArgument(format!("invalid value for header '{name}': {e}"))
+            })?;
+            headers.append(name, value);
+        }
         Ok(HttpClient {
             base: base.into(),
             client,
-            options,
+            options: Arc::new(options),
+            headers: Arc::new(headers),
         })
     }
 
@@ -123,6 +136,13 @@ impl HttpClient {
         header_length: Option<&HeaderValue>,
     ) -> Result<(u16, Option<HeaderValue>, Bytes)> {
         let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(headers) = builder.headers_mut() {
+            headers.extend(
+                self.headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.clone())),
+            );
+        }
         if let Some((_, content_type)) = &body {
             builder = builder.header(CONTENT_TYPE, *content_type);
         }

@@ -113,7 +113,7 @@ impl FromStr for Protocol {
 }
 
 /// Settings shared by both clients.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Limit on one whole call (send, server time, receive); `None` waits as long as it takes.
     pub timeout: Option<Duration>,
@@ -122,6 +122,22 @@ pub struct ClientOptions {
     /// HTTP only: send input tensors in binary sections rather than JSON `data` arrays (inputs
     /// that JSON cannot carry, FP16/BF16 and non-UTF-8 BYTES, are binary either way).
     pub http_binary_inputs: bool,
+    /// Sent with every call, as HTTP headers or gRPC metadata: auth tokens, or the header of a
+    /// restricted API (which Triton's gRPC front end, like Nereid's, reads as metadata named
+    /// `triton-grpc-protocol-<header>`).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Parses a `NAME:VALUE` header argument.
+pub fn parse_header(text: &str) -> std::result::Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("header '{text}' is not NAME:VALUE"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("header '{text}' has no name"));
+    }
+    Ok((name.to_string(), value.trim().to_string()))
 }
 
 impl Default for ClientOptions {
@@ -130,6 +146,7 @@ impl Default for ClientOptions {
             timeout: Some(Duration::from_secs(60)),
             connect_timeout: Duration::from_secs(10),
             http_binary_inputs: true,
+            headers: Vec::new(),
         }
     }
 }

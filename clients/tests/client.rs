@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nereid_client::cli::{run_infer_to, InferArgs};
+use nereid_client::cli::{run_infer_to, ConnectArgs, InferArgs};
 use nereid_client::{
     npy, Client, ClientError, ClientOptions, DataType, InferRequest, Protocol, RequestedOutput,
     Tensor,
@@ -413,13 +413,13 @@ async fn transport_failures_and_timeouts_are_not_server_errors() {
         connect_timeout: Duration::from_millis(300),
         ..Default::default()
     };
-    let http = Client::connect(&format!("http://{closed}"), Protocol::Http, options)
+    let http = Client::connect(&format!("http://{closed}"), Protocol::Http, options.clone())
         .await
         .unwrap();
     let err = http.server_live().await.unwrap_err();
     assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
     assert_eq!(err.kind(), "transport");
-    let err = Client::connect(&closed.to_string(), Protocol::Grpc, options)
+    let err = Client::connect(&closed.to_string(), Protocol::Grpc, options.clone())
         .await
         .err()
         .unwrap();
@@ -434,9 +434,13 @@ async fn transport_failures_and_timeouts_are_not_server_errors() {
             held.push(socket);
         }
     });
-    let http = Client::connect(&format!("http://{address}"), Protocol::Http, options)
-        .await
-        .unwrap();
+    let http = Client::connect(
+        &format!("http://{address}"),
+        Protocol::Http,
+        options.clone(),
+    )
+    .await
+    .unwrap();
     let err = http.server_ready().await.unwrap_err();
     assert_eq!(err, ClientError::Timeout(Duration::from_millis(300)));
     holder.abort();
@@ -450,8 +454,7 @@ async fn transport_failures_and_timeouts_are_not_server_errors() {
 fn infer_args(url: &str, protocol: Protocol, model: &str) -> InferArgs {
     InferArgs {
         model: model.into(),
-        url: url.into(),
-        protocol,
+        server: ConnectArgs::new(url, protocol),
         model_version: String::new(),
         inputs: Vec::new(),
         request: None,
@@ -460,7 +463,6 @@ fn infer_args(url: &str, protocol: Protocol, model: &str) -> InferArgs {
         classification: None,
         json: false,
         save_dir: None,
-        timeout_secs: 10,
     }
 }
 

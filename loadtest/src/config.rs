@@ -83,6 +83,9 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Free text carried into the report (e.g. "nereid" or "echo").
     pub label: String,
+    /// Sent with every request (HTTP headers or gRPC metadata): auth tokens, a restricted
+    /// API's header.
+    pub headers: Vec<(String, String)>,
 }
 
 impl LoadConfig {
@@ -113,6 +116,7 @@ impl LoadConfig {
             server_stats: true,
             seed: 1,
             label: String::new(),
+            headers: Vec::new(),
         }
     }
 

@@ -97,6 +97,10 @@ struct Args {
     #[arg(long, default_value_t = 30_000)]
     request_timeout_ms: u64,
 
+    /// A header to send with every request, `NAME:VALUE`, repeatable (as perf_analyzer's -H).
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+    headers: Vec<String>,
+
     /// Connections to spread the load over (default: one per worker in closed loop, one in
     /// open loop; HTTP opens more as outstanding requests need them).
     #[arg(long)]
@@ -168,6 +172,11 @@ impl Args {
         config.server_stats = !self.no_server_stats;
         config.seed = self.seed;
         config.label = self.label.clone();
+        config.headers = self
+            .headers
+            .iter()
+            .map(|h| nereid_client::parse_header(h).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?;
         config.validate()?;
         Ok(config)
     }

@@ -92,6 +92,7 @@ fn client_options(config: &LoadConfig) -> ClientOptions {
         timeout: Some(config.request_timeout),
         connect_timeout: config.request_timeout.min(Duration::from_secs(10)),
         http_binary_inputs: config.format == Format::Binary,
+        headers: config.headers.clone(),
     }
 }
 

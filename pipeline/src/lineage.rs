@@ -136,6 +136,9 @@ pub struct LineageArgs {
     /// The server's HTTP address.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// A header to send, `NAME:VALUE`, repeatable (auth tokens, a restricted API's header).
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
     /// Print the server's JSON instead of the chain.
     #[arg(long)]
     pub json: bool,
@@ -150,7 +153,7 @@ pub fn run_lineage(a: LineageArgs) -> anyhow::Result<()> {
         (None, Some(m), None) => format!("{base}/v2/models/{m}/lineage"),
         _ => anyhow::bail!("give a request id, or --model (and --version), not both"),
     };
-    let body = server_call(reqwest::Method::GET, &url, &[])?;
+    let body = server_call(reqwest::Method::GET, &url, &a.headers)?;
     if a.json {
         println!("{body}");
         return Ok(());

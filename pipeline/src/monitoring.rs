@@ -116,6 +116,9 @@ pub struct ReportArgs {
     /// The server's HTTP address.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// A header to send, `NAME:VALUE`, repeatable (auth tokens, a restricted API's header).
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
     #[arg(long)]
     pub model: String,
     #[arg(long)]
@@ -735,7 +738,7 @@ fn report(a: &ReportArgs) -> anyhow::Result<()> {
         None => format!("/v2/models/{}/drift", a.model),
     };
     let url = format!("{}{path}", a.url.trim_end_matches('/'));
-    let body = crate::triggers::cli::server_call(reqwest::Method::GET, &url, &[])?;
+    let body = crate::triggers::cli::server_call(reqwest::Method::GET, &url, &a.headers)?;
     if a.json {
         println!("{body}");
         return Ok(());

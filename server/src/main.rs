@@ -28,6 +28,10 @@ enum Command {
     /// Run one inference against a server (KServe v2 over HTTP or gRPC), with tensors from
     /// JSON or `.npy` files, or inline.
     Infer(nereid_client::cli::InferArgs),
+    /// Whether a server (or one model) is live and ready; exits 1 when not ready.
+    Health(nereid_client::cli::HealthArgs),
+    /// A server's statistics extension (per model and version), as JSON.
+    Stats(nereid_client::cli::StatsArgs),
     /// Feature store: ingest, versions, show, diff, verify, join.
     #[command(subcommand)]
     Features(nereid_pipeline::cli::FeaturesCommand),
@@ -53,6 +57,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RepoCommand {
+    /// A server's repository index: every model and version, its state and the reason.
+    Index(nereid_client::cli::IndexArgs),
+    /// Load or reload a model on a server (explicit model control).
+    Load(nereid_client::cli::LoadArgs),
+    /// Unload a model from a server; requests in flight finish first.
+    Unload(nereid_client::cli::UnloadArgs),
     /// Publish a folder as the next version of a model, atomically: it is written under a
     /// hidden staging name, fsynced, then renamed into place, so a polling server never loads
     /// it half-written (in an object store, the version folder carries a marker object until
@@ -409,6 +419,27 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Infer(args) => nereid_client::cli::run_infer(args).await,
+            Command::Health(args) => {
+                let what = args.model.clone();
+                let ready = nereid_client::cli::run_health_to(args, &mut std::io::stdout()).await?;
+                match (ready, what) {
+                    (true, _) => Ok(()),
+                    (false, Some(model)) => Err(anyhow::anyhow!("model '{model}' is not ready")),
+                    (false, None) => Err(anyhow::anyhow!("the server is not ready")),
+                }
+            }
+            Command::Stats(args) => {
+                nereid_client::cli::run_stats_to(args, &mut std::io::stdout()).await
+            }
+            Command::Repo(RepoCommand::Index(args)) => {
+                nereid_client::cli::run_index_to(args, &mut std::io::stdout()).await
+            }
+            Command::Repo(RepoCommand::Load(args)) => {
+                nereid_client::cli::run_load_to(args, &mut std::io::stdout()).await
+            }
+            Command::Repo(RepoCommand::Unload(args)) => {
+                nereid_client::cli::run_unload_to(args, &mut std::io::stdout()).await
+            }
             // The lifecycle commands are blocking (files, training): off the async threads.
             Command::Features(cmd) => {
                 blocking(move || nereid_pipeline::cli::run_features(cmd)).await

@@ -185,6 +185,121 @@ async fn serve_takes_every_setting_from_the_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_operates_a_protected_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    for model in ["identity_fp32", "identity_bytes"] {
+        copy_dir(&Path::new(MODEL_REPO).join(model), &repo.join(model));
+    }
+    let server = ServedBinary::start(
+        dir.path(),
+        &[
+            OsStr::new("--model-repository"),
+            repo.as_os_str(),
+            OsStr::new("--model-control-mode"),
+            OsStr::new("explicit"),
+            OsStr::new("--load-model"),
+            OsStr::new("identity_fp32"),
+            OsStr::new("--http-restricted-api"),
+            OsStr::new("model-repository:admin-key=s3cret"),
+            OsStr::new("--grpc-restricted-api"),
+            OsStr::new("model-repository:admin-key=s3cret"),
+        ],
+        &[],
+    )
+    .await;
+    let http = format!("http://127.0.0.1:{}", server.http);
+    let grpc = format!("http://127.0.0.1:{}", server.grpc);
+    let here = dir.path();
+    wait_for("ready", Duration::from_secs(60), async || {
+        (run(here, &["health", "--url", &http]).0 == 0).then_some(())
+    })
+    .await;
+    let (code, out, _) = run(here, &["health", "--url", &http]);
+    assert_eq!((code, out.as_str()), (0, "live: true\nready: true\n"));
+
+    // identity_bytes is not loaded: its health says so and exits 1.
+    let (code, out, err) = run(
+        here,
+        &["health", "--url", &http, "--model", "identity_bytes"],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out, "model identity_bytes ready: false\n");
+    assert!(err.contains("model 'identity_bytes' is not ready"), "{err}");
+
+    // The repository API needs the header, over HTTP and gRPC alike.
+    let (code, _, err) = run(here, &["repo", "index", "--url", &http]);
+    assert_eq!(code, 1);
+    assert!(err.contains("403"), "{err}");
+    let (code, _, err) = run(
+        here,
+        &["repo", "index", "--protocol", "grpc", "--url", &grpc],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("triton-grpc-protocol-admin-key"), "{err}");
+    let http_key = ["--url", &http, "-H", "admin-key:s3cret"];
+    let grpc_key = [
+        "--protocol",
+        "grpc",
+        "--url",
+        &grpc,
+        "--header",
+        "triton-grpc-protocol-admin-key: s3cret",
+    ];
+    let with = |command: &[&str], key: &[&str]| {
+        let args: Vec<&str> = command.iter().chain(key).copied().collect();
+        let (code, out, err) = run(here, &args);
+        assert_eq!(code, 0, "nereid {args:?}: {out}{err}");
+        out
+    };
+    let index = with(&["repo", "index"], &http_key);
+    assert!(
+        index
+            .lines()
+            .any(|l| l.starts_with("identity_fp32") && l.contains("READY")),
+        "{index}"
+    );
+    assert_eq!(
+        with(&["repo", "load", "identity_bytes"], &grpc_key),
+        "loaded identity_bytes\n"
+    );
+    let (code, _, _) = run(
+        here,
+        &["health", "--url", &http, "--model", "identity_bytes"],
+    );
+    assert_eq!(code, 0);
+    let rows: Value =
+        serde_json::from_str(&with(&["repo", "index", "--json", "--ready"], &grpc_key))
+            .expect("JSON rows");
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{rows}");
+    assert_eq!(
+        with(&["repo", "unload", "identity_bytes"], &http_key),
+        "unloaded identity_bytes\n"
+    );
+    let index = with(&["repo", "index"], &grpc_key);
+    assert!(
+        index
+            .lines()
+            .any(|l| l.starts_with("identity_bytes") && l.contains("UNAVAILABLE")),
+        "{index}"
+    );
+
+    // Statistics (not restricted here) as Triton's JSON, over both protocols.
+    for key in [
+        &["--url", &http][..],
+        &["--protocol", "grpc", "--url", &grpc][..],
+    ] {
+        let stats: Value =
+            serde_json::from_str(&with(&["stats", "identity_fp32"], key)).expect("statistics JSON");
+        assert_eq!(stats["model_stats"][0]["name"], "identity_fp32", "{stats}");
+    }
+    // A malformed header is refused before anything is sent.
+    let (code, _, err) = run(here, &["repo", "index", "--url", &http, "-H", "no-colon"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not NAME:VALUE"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_then_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");

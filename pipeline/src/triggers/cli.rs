@@ -36,8 +36,8 @@ pub struct ServerArgs {
     /// The server's HTTP address.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
-    /// A header to send, `NAME:VALUE` (for a server started with --http-restricted-api).
-    #[arg(long = "header", value_name = "NAME:VALUE")]
+    /// A header to send, `NAME:VALUE`, repeatable (auth tokens, a restricted API's header).
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
     /// Print the server's JSON instead of tables.
     #[arg(long)]
