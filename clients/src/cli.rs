@@ -335,6 +335,7 @@ async fn build_request(client: &Client, args: &InferArgs) -> anyhow::Result<Infe
             name: name.clone(),
             classification: args.classification,
             binary,
+            ..Default::default()
         });
     }
     Ok(request)

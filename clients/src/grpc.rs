@@ -450,6 +450,7 @@ mod tests {
                 name: "O".into(),
                 classification: Some(3),
                 binary: false,
+                ..Default::default()
             }],
             ..Default::default()
         };

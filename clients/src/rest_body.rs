@@ -354,6 +354,7 @@ mod tests {
                 name: "O".into(),
                 classification: Some(2),
                 binary: true,
+                ..Default::default()
             }],
             ..Default::default()
         }

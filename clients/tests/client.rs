@@ -213,6 +213,7 @@ async fn classification_extension() {
             name: "OUTPUT0".into(),
             classification: Some(2),
             binary: false,
+            ..Default::default()
         });
         let response = client.infer("identity_fp32", "", &request).await.unwrap();
         let out = &response.outputs[0];

@@ -13,7 +13,7 @@ use crate::inference::{
 };
 use crate::{
     encode_bytes_elements, DataType, Error, InferRequest, InferResponse, Parameter, Parameters,
-    RequestedOutput, Result, Tensor,
+    RequestedOutput, Result, SharedMemoryRef, Tensor,
 };
 
 /// The `triton_` request parameters a gRPC client may send (NVIDIA's clients and perf_analyzer
@@ -90,17 +90,48 @@ pub fn request_from_grpc(message: ModelInferRequest) -> Result<(String, String, 
         parameters: parameters_from_grpc(&parameters)?,
         ..Default::default()
     };
-    if !raw_input_contents.is_empty() && raw_input_contents.len() != inputs.len() {
+    // Raw contents belong, in order, to the inputs whose data is not in shared memory.
+    let mut regions = Vec::with_capacity(inputs.len());
+    for input in &inputs {
+        regions.push(shared_memory_from_grpc(&input.parameters, &input.name)?);
+    }
+    let in_message = regions.iter().filter(|r| r.is_none()).count();
+    if !raw_input_contents.is_empty() && raw_input_contents.len() != in_message {
         return Err(Error::invalid_arg(format!(
-            "expected {} raw input contents for model '{model_name}', got {}",
-            inputs.len(),
+            "expected {in_message} raw input contents for model '{model_name}', got {}",
             raw_input_contents.len()
         )));
     }
     let mut raw = raw_input_contents.into_iter();
-    for input in inputs {
-        let tensor = input_from_grpc(input, raw.next(), &model_name)?;
-        request.inputs.push(tensor);
+    for (input, region) in inputs.into_iter().zip(regions) {
+        match region {
+            Some(region) => {
+                if input
+                    .contents
+                    .as_ref()
+                    .is_some_and(|c| !contents_is_empty(c))
+                {
+                    return Err(Error::invalid_arg(format!(
+                        "unexpected 'content' provided when using shared memory for input tensor '{}' for model '{model_name}'",
+                        input.name
+                    )));
+                }
+                let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
+                    Error::invalid_arg(format!(
+                        "invalid datatype '{}' for input '{}'",
+                        input.datatype, input.name
+                    ))
+                })?;
+                let tensor = Tensor::new(input.name, datatype, input.shape, Bytes::new());
+                tensor.element_count()?;
+                request.input_regions.insert(tensor.name.clone(), region);
+                request.inputs.push(tensor);
+            }
+            None => {
+                let tensor = input_from_grpc(input, raw.next(), &model_name)?;
+                request.inputs.push(tensor);
+            }
+        }
     }
     for output in outputs {
         if request.outputs.iter().any(|o| o.name == output.name) {
@@ -110,9 +141,15 @@ pub fn request_from_grpc(message: ModelInferRequest) -> Result<(String, String, 
             )));
         }
         let mut requested = RequestedOutput {
+            shared_memory: shared_memory_from_grpc(&output.parameters, &output.name)?,
             name: output.name,
             ..Default::default()
         };
+        if requested.shared_memory.is_some() && output.parameters.contains_key("classification") {
+            return Err(Error::invalid_arg(
+                "Output can't set both 'shared_memory_region' and 'classification'",
+            ));
+        }
         if let Some(k) = output.parameters.get("classification") {
             let k = parameter_from_grpc(k)
                 .and_then(|p| p.as_u64())
@@ -129,6 +166,59 @@ pub fn request_from_grpc(message: ModelInferRequest) -> Result<(String, String, 
         request.outputs.push(requested);
     }
     Ok((model_name, model_version, request))
+}
+
+/// A tensor's `shared_memory_*` parameters, checked with Triton's texts: `None` when it has none.
+fn shared_memory_from_grpc(
+    parameters: &std::collections::HashMap<String, InferParameter>,
+    tensor: &str,
+) -> Result<Option<SharedMemoryRef>> {
+    let region = match parameters.get("shared_memory_region") {
+        None => None,
+        Some(InferParameter {
+            parameter_choice: Some(ParameterChoice::StringParam(region)),
+        }) => Some(region.clone()),
+        Some(_) => {
+            return Err(Error::invalid_arg(format!(
+                "invalid value type for 'shared_memory_region' parameter for tensor '{tensor}', expected string_param."
+            )))
+        }
+    };
+    let number = |key: &str| -> Result<Option<u64>> {
+        let Some(value) = parameters.get(key) else {
+            return Ok(None);
+        };
+        if region.is_none() {
+            return Err(Error::invalid_arg(format!(
+                "'{key}' can not be specified without 'shared_memory_region' parameter for tensor '{tensor}'"
+            )));
+        }
+        match value.parameter_choice {
+            Some(ParameterChoice::Int64Param(v)) => u64::try_from(v).map(Some).map_err(|_| {
+                Error::invalid_arg(format!(
+                    "'{key}' of tensor '{tensor}' must not be negative"
+                ))
+            }),
+            _ => Err(Error::invalid_arg(format!(
+                "invalid value type for '{key}' parameter for tensor '{tensor}', expected int64_param."
+            ))),
+        }
+    };
+    let offset = number("shared_memory_offset")?;
+    let byte_size = number("shared_memory_byte_size")?;
+    let Some(region) = region else {
+        return Ok(None);
+    };
+    let byte_size = byte_size.ok_or_else(|| {
+        Error::invalid_arg(format!(
+            "'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for tensor '{tensor}'"
+        ))
+    })?;
+    Ok(Some(SharedMemoryRef {
+        region,
+        offset: offset.unwrap_or(0),
+        byte_size,
+    }))
 }
 
 fn input_from_grpc(input: InferInputTensor, raw: Option<Bytes>, model: &str) -> Result<Tensor> {

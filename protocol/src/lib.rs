@@ -29,7 +29,8 @@ mod tensor;
 pub use datatype::DataType;
 pub use error::{Code, Error, Result};
 pub use request::{
-    InferRequest, InferResponse, Parameter, Parameters, RequestedOutput, RESERVED_PARAMETERS,
+    InferRequest, InferResponse, OutputForm, Parameter, Parameters, RequestedOutput,
+    SharedMemoryRef, RESERVED_PARAMETERS,
 };
 pub use tensor::{
     bytes_elements, count_bytes_elements, element_count, encode_bytes_elements, shape_string,

@@ -48,6 +48,15 @@ pub const RESERVED_PARAMETERS: [&str; 7] = [
     "binary_data_output",
 ];
 
+/// A tensor's place in a registered system shared-memory region (shared memory extension):
+/// the `shared_memory_region`, `shared_memory_offset` and `shared_memory_byte_size` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMemoryRef {
+    pub region: String,
+    pub offset: u64,
+    pub byte_size: u64,
+}
+
 /// One output the client asked for.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RequestedOutput {
@@ -56,6 +65,17 @@ pub struct RequestedOutput {
     pub classification: Option<u32>,
     /// HTTP only: send this output in the binary section rather than as JSON.
     pub binary: bool,
+    /// Write this output into a shared-memory region instead of the response.
+    pub shared_memory: Option<SharedMemoryRef>,
+}
+
+/// How one output travels in an HTTP response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputForm {
+    Json,
+    Binary,
+    /// Written to shared memory: the response names the output, with no data.
+    SharedMemory,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -70,6 +90,9 @@ pub struct InferRequest {
     /// Internal (ensemble steps): leave the outputs in the memory of this CUDA device when the
     /// model runs there, for a next step on the same device. Never set from the wire.
     pub outputs_on_device: Option<usize>,
+    /// Inputs whose data is in shared memory, by input name. Their tensors in `inputs` are
+    /// empty until the server reads the regions.
+    pub input_regions: BTreeMap<String, SharedMemoryRef>,
 }
 
 impl InferRequest {
@@ -79,6 +102,18 @@ impl InferRequest {
         match self.outputs.iter().find(|o| o.name == name) {
             Some(output) => output.binary,
             None => self.binary_data_output,
+        }
+    }
+
+    /// How the output `name` goes out over HTTP.
+    pub fn output_form(&self, name: &str) -> OutputForm {
+        let listed = self.outputs.iter().find(|o| o.name == name);
+        if listed.is_some_and(|o| o.shared_memory.is_some()) {
+            OutputForm::SharedMemory
+        } else if self.wants_binary(name) {
+            OutputForm::Binary
+        } else {
+            OutputForm::Json
         }
     }
 }

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::{
-    bytes_elements, element_count, DataType, Error, InferRequest, InferResponse, Parameter,
-    Parameters, RequestedOutput, Result, Tensor,
+    bytes_elements, element_count, DataType, Error, InferRequest, InferResponse, OutputForm,
+    Parameter, Parameters, RequestedOutput, Result, SharedMemoryRef, Tensor,
 };
 
 /// The header that carries the JSON length of a binary-framed body.
@@ -143,8 +143,13 @@ pub fn parse_request(json: &[u8], binary: Option<Bytes>, model_name: &str) -> Re
     let binary = binary.unwrap_or_default();
     let mut offset = 0usize;
     for input in parsed.inputs {
-        let tensor = parse_input(input, &binary, framed, &mut offset, model_name)?;
-        request.inputs.push(tensor);
+        match parse_input(input, &binary, framed, &mut offset, model_name)? {
+            ParsedInput::Data(tensor) => request.inputs.push(tensor),
+            ParsedInput::SharedMemory(tensor, region) => {
+                request.input_regions.insert(tensor.name.clone(), region);
+                request.inputs.push(tensor);
+            }
+        }
     }
     if offset != binary.len() {
         return Err(Error::invalid_arg(format!(
@@ -170,7 +175,7 @@ fn parse_input(
     framed: bool,
     offset: &mut usize,
     model_name: &str,
-) -> Result<Tensor> {
+) -> Result<ParsedInput> {
     let name = input.name;
     let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
         Error::invalid_arg(format!(
@@ -214,9 +219,11 @@ fn parse_input(
         return Err(Error::invalid_arg(format!("Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'. But {which}")));
     }
     if shm {
-        return Err(Error::unsupported(format!(
-            "shared memory input '{name}' is not supported: this server does not implement the shared memory extensions"
-        )));
+        let region = shared_memory_ref(&parameters, &name)?;
+        return Ok(ParsedInput::SharedMemory(
+            Tensor::new(name, datatype, shape, Bytes::new()),
+            region,
+        ));
     }
 
     let data = if let Some(size) = binary_size {
@@ -252,7 +259,53 @@ fn parse_input(
     };
     let tensor = Tensor::new(name, datatype, shape, data);
     tensor.check_byte_size(model_name)?;
-    Ok(tensor)
+    Ok(ParsedInput::Data(tensor))
+}
+
+/// An input as the request carries it: its data, or where in shared memory it is.
+enum ParsedInput {
+    Data(Tensor),
+    /// The tensor (without data) and its region.
+    SharedMemory(Tensor, SharedMemoryRef),
+}
+
+/// The `shared_memory_*` parameters of a tensor, Triton's way: the region is a string, the
+/// offset (default 0) and byte size non-negative integers, and the byte size is required.
+fn shared_memory_ref(parameters: &Parameters, tensor: &str) -> Result<SharedMemoryRef> {
+    let region = match parameters.get("shared_memory_region") {
+        Some(Parameter::String(region)) => region.clone(),
+        Some(_) => return Err(Error::invalid_arg("Unable to parse 'shared_memory_region'")),
+        None => {
+            let key = if parameters.contains_key("shared_memory_offset") {
+                "shared_memory_offset"
+            } else {
+                "shared_memory_byte_size"
+            };
+            return Err(Error::invalid_arg(format!(
+                "'{key}' can not be specified without 'shared_memory_region' parameter for tensor '{tensor}'"
+            )));
+        }
+    };
+    let number = |key: &str| -> Result<Option<u64>> {
+        parameters
+            .get(key)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| Error::invalid_arg(format!("Unable to parse '{key}'")))
+            })
+            .transpose()
+    };
+    let offset = number("shared_memory_offset")?.unwrap_or(0);
+    let byte_size = number("shared_memory_byte_size")?.ok_or_else(|| {
+        Error::invalid_arg(format!(
+            "'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for tensor '{tensor}'"
+        ))
+    })?;
+    Ok(SharedMemoryRef {
+        region,
+        offset,
+        byte_size,
+    })
 }
 
 fn parse_output(output: OutputJson) -> Result<RequestedOutput> {
@@ -260,7 +313,23 @@ fn parse_output(output: OutputJson) -> Result<RequestedOutput> {
         name: output.name,
         ..Default::default()
     };
-    for (key, value) in output.parameters.unwrap_or_default() {
+    let parameters = output.parameters.unwrap_or_default();
+    if parameters.contains_key("shared_memory_region") {
+        if parameters.contains_key("classification") {
+            return Err(Error::invalid_arg(
+                "Output can't set both 'shared_memory_region' and 'classification'",
+            ));
+        }
+        if parameters.get("binary_data").and_then(Parameter::as_bool) == Some(true) {
+            return Err(Error::invalid_arg(
+                "Output can't set both 'shared_memory_region' and 'binary_data'",
+            ));
+        }
+        requested.shared_memory = Some(shared_memory_ref(&parameters, &requested.name)?);
+    } else if parameters.keys().any(|k| k.starts_with("shared_memory_")) {
+        shared_memory_ref(&parameters, &requested.name)?;
+    }
+    for (key, value) in parameters {
         match key.as_str() {
             "binary_data" => {
                 requested.binary = value.as_bool().ok_or_else(|| {
@@ -282,12 +351,6 @@ fn parse_output(output: OutputJson) -> Result<RequestedOutput> {
                         ))
                     })?;
                 requested.classification = Some(k);
-            }
-            key if key.starts_with("shared_memory_") => {
-                return Err(Error::unsupported(format!(
-                    "shared memory output '{}' is not supported: this server does not implement the shared memory extensions",
-                    requested.name
-                )))
             }
             _ => {}
         }
@@ -447,21 +510,41 @@ pub fn render_response(
     response: &InferResponse,
     binary: impl Fn(&str) -> bool,
 ) -> RenderedResponse {
-    let flags: Vec<bool> = response.outputs.iter().map(|o| binary(&o.name)).collect();
+    render_response_with(response, |name| {
+        if binary(name) {
+            OutputForm::Binary
+        } else {
+            OutputForm::Json
+        }
+    })
+}
+
+/// [`render_response`] with each output's form given, shared memory included (such an output
+/// is named in the response, without data).
+pub fn render_response_with(
+    response: &InferResponse,
+    form: impl Fn(&str) -> OutputForm,
+) -> RenderedResponse {
+    let forms: Vec<OutputForm> = response.outputs.iter().map(|o| form(&o.name)).collect();
     let json = ResponseJson {
         response,
-        binary: &flags,
+        forms: &forms,
     };
     let mut body = Vec::with_capacity(256);
     serde_json::to_writer(&mut body, &json).expect("response serialises. This is a bug.");
-    if !flags.iter().any(|b| *b) {
+    if !forms.contains(&OutputForm::Binary) {
         return RenderedResponse {
             body,
             header_length: None,
         };
     }
     let header_length = body.len();
-    for (output, _) in response.outputs.iter().zip(&flags).filter(|(_, b)| **b) {
+    for (output, _) in response
+        .outputs
+        .iter()
+        .zip(&forms)
+        .filter(|(_, f)| **f == OutputForm::Binary)
+    {
         body.put_slice(&output.data);
     }
     RenderedResponse {
@@ -472,7 +555,7 @@ pub fn render_response(
 
 struct ResponseJson<'a> {
     response: &'a InferResponse,
-    binary: &'a [bool],
+    forms: &'a [OutputForm],
 }
 
 impl Serialize for ResponseJson<'_> {
@@ -490,8 +573,8 @@ impl Serialize for ResponseJson<'_> {
         let outputs: Vec<OutputView<'_>> = r
             .outputs
             .iter()
-            .zip(self.binary)
-            .map(|(tensor, &binary)| OutputView { tensor, binary })
+            .zip(self.forms)
+            .map(|(tensor, &form)| OutputView { tensor, form })
             .collect();
         map.serialize_entry("outputs", &outputs)?;
         map.end()
@@ -500,7 +583,7 @@ impl Serialize for ResponseJson<'_> {
 
 struct OutputView<'a> {
     tensor: &'a Tensor,
-    binary: bool,
+    form: OutputForm,
 }
 
 impl Serialize for OutputView<'_> {
@@ -510,15 +593,17 @@ impl Serialize for OutputView<'_> {
         map.serialize_entry("name", &t.name)?;
         map.serialize_entry("datatype", t.datatype.as_str())?;
         map.serialize_entry("shape", &t.shape)?;
-        if self.binary {
-            let mut parameters = Parameters::new();
-            parameters.insert(
-                "binary_data_size".into(),
-                Parameter::Uint(t.data.len() as u64),
-            );
-            map.serialize_entry("parameters", &parameters)?;
-        } else {
-            map.serialize_entry("data", &DataView(t))?;
+        match self.form {
+            OutputForm::Binary => {
+                let mut parameters = Parameters::new();
+                parameters.insert(
+                    "binary_data_size".into(),
+                    Parameter::Uint(t.data.len() as u64),
+                );
+                map.serialize_entry("parameters", &parameters)?;
+            }
+            OutputForm::Json => map.serialize_entry("data", &DataView(t))?,
+            OutputForm::SharedMemory => {}
         }
         map.end()
     }

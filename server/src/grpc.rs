@@ -320,7 +320,25 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
         self.restrictions
             .check_grpc(Api::SharedMemory, request.metadata())?;
-        Err(unimplemented("SystemSharedMemoryStatus"))
+        let name = request.into_inner().name;
+        let regions = self
+            .infer
+            .shared_memory()
+            .status((!name.is_empty()).then_some(name.as_str()))?
+            .into_iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    system_shared_memory_status_response::RegionStatus {
+                        name: r.name,
+                        key: r.key,
+                        offset: r.offset,
+                        byte_size: r.byte_size,
+                    },
+                )
+            })
+            .collect();
+        Ok(Response::new(SystemSharedMemoryStatusResponse { regions }))
     }
 
     async fn system_shared_memory_register(
@@ -329,7 +347,11 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
         self.restrictions
             .check_grpc(Api::SharedMemory, request.metadata())?;
-        Err(unimplemented("SystemSharedMemoryRegister"))
+        let r = request.into_inner();
+        self.infer
+            .shared_memory()
+            .register(&r.name, &r.key, r.offset, r.byte_size)?;
+        Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
     }
 
     async fn system_shared_memory_unregister(
@@ -338,7 +360,11 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
         self.restrictions
             .check_grpc(Api::SharedMemory, request.metadata())?;
-        Err(unimplemented("SystemSharedMemoryUnregister"))
+        let name = request.into_inner().name;
+        self.infer
+            .shared_memory()
+            .unregister((!name.is_empty()).then_some(name.as_str()));
+        Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }
 
     async fn cuda_shared_memory_status(
@@ -347,7 +373,11 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
         self.restrictions
             .check_grpc(Api::SharedMemory, request.metadata())?;
-        Err(unimplemented("CudaSharedMemoryStatus"))
+        let name = request.into_inner().name;
+        self.infer
+            .shared_memory()
+            .cuda_status((!name.is_empty()).then_some(name.as_str()))?;
+        Ok(Response::new(CudaSharedMemoryStatusResponse::default()))
     }
 
     async fn cuda_shared_memory_register(
@@ -356,7 +386,9 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
         self.restrictions
             .check_grpc(Api::SharedMemory, request.metadata())?;
-        Err(unimplemented("CudaSharedMemoryRegister"))
+        let name = request.into_inner().name;
+        self.infer.shared_memory().cuda_register(&name)?;
+        Ok(Response::new(CudaSharedMemoryRegisterResponse {}))
     }
 
     async fn cuda_shared_memory_unregister(
@@ -365,7 +397,9 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
         self.restrictions
             .check_grpc(Api::SharedMemory, request.metadata())?;
-        Err(unimplemented("CudaSharedMemoryUnregister"))
+        // Nothing can be registered, so there is nothing to unregister (NVIDIA's clients
+        // unregister both kinds when they finish).
+        Ok(Response::new(CudaSharedMemoryUnregisterResponse {}))
     }
 
     async fn trace_setting(

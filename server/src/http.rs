@@ -99,6 +99,13 @@ enum Route {
     RepositoryLoad(String),
     RepositoryUnload(String),
     NamedRepository,
+    /// System shared memory: the region name (`None`: all), for status and unregister.
+    SharedMemoryStatus(Option<String>),
+    SharedMemoryRegister(Option<String>),
+    SharedMemoryUnregister(Option<String>),
+    CudaSharedMemoryStatus(Option<String>),
+    CudaSharedMemoryRegister(Option<String>),
+    CudaSharedMemoryUnregister,
 }
 
 impl Route {
@@ -123,6 +130,12 @@ impl Route {
             | Route::RepositoryUnload(_)
             | Route::NamedRepository
             | Route::TriggerFire(_) => Api::ModelRepository,
+            Route::SharedMemoryStatus(_)
+            | Route::SharedMemoryRegister(_)
+            | Route::SharedMemoryUnregister(_)
+            | Route::CudaSharedMemoryStatus(_)
+            | Route::CudaSharedMemoryRegister(_)
+            | Route::CudaSharedMemoryUnregister => Api::SharedMemory,
         }
     }
 }
@@ -172,6 +185,30 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
         ["v2", "repository", "index"] => post(Route::RepositoryIndex),
         ["v2", "repository", "models", m, "load"] => post(Route::RepositoryLoad(decode(m))),
         ["v2", "repository", "models", m, "unload"] => post(Route::RepositoryUnload(decode(m))),
+        ["v2", "systemsharedmemory", "status"] => get(Route::SharedMemoryStatus(None)),
+        ["v2", "systemsharedmemory", "register"] => post(Route::SharedMemoryRegister(None)),
+        ["v2", "systemsharedmemory", "unregister"] => post(Route::SharedMemoryUnregister(None)),
+        ["v2", "systemsharedmemory", "region", r, action] if !r.is_empty() => {
+            let region = Some(decode(r));
+            match *action {
+                "status" => get(Route::SharedMemoryStatus(region)),
+                "register" => post(Route::SharedMemoryRegister(region)),
+                "unregister" => post(Route::SharedMemoryUnregister(region)),
+                _ => Ok(None),
+            }
+        }
+        ["v2", "cudasharedmemory", "status"] => get(Route::CudaSharedMemoryStatus(None)),
+        ["v2", "cudasharedmemory", "register"] => post(Route::CudaSharedMemoryRegister(None)),
+        ["v2", "cudasharedmemory", "unregister"] => post(Route::CudaSharedMemoryUnregister),
+        ["v2", "cudasharedmemory", "region", r, action] if !r.is_empty() => {
+            let region = Some(decode(r));
+            match *action {
+                "status" => get(Route::CudaSharedMemoryStatus(region)),
+                "register" => post(Route::CudaSharedMemoryRegister(region)),
+                "unregister" => post(Route::CudaSharedMemoryUnregister),
+                _ => Ok(None),
+            }
+        }
         ["v2", "repository", _, "index"]
         | ["v2", "repository", _, "models", _, "load" | "unload"] => post(Route::NamedRepository),
         ["v2", "models", rest @ ..] if !rest.is_empty() && !rest[0].is_empty() => match model(rest)
@@ -294,6 +331,51 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
             ))
         }
         Route::ModelInfer(m, v) => infer_route(state, &m, &v, request).await?,
+        Route::SharedMemoryStatus(region) => {
+            let regions: Vec<serde_json::Value> = infer
+                .shared_memory()
+                .status(region.as_deref())?
+                .into_iter()
+                .map(|r| {
+                    serde_json::json!({"name": r.name, "key": r.key, "offset": r.offset,
+                                       "byte_size": r.byte_size})
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&regions).unwrap_or_default(),
+            )
+        }
+        Route::SharedMemoryRegister(region) => {
+            let body = read_body(request, state.max_input_size, state.body_timeout).await?;
+            let Some(region) = region else {
+                return Err(Error::invalid_arg(
+                    "'region name' is necessary to register system shared memory region",
+                ));
+            };
+            let (key, offset, byte_size) = register_request(&body)?;
+            infer
+                .shared_memory()
+                .register(&region, &key, offset, byte_size)?;
+            empty(StatusCode::OK)
+        }
+        Route::SharedMemoryUnregister(region) => {
+            infer.shared_memory().unregister(region.as_deref());
+            empty(StatusCode::OK)
+        }
+        Route::CudaSharedMemoryStatus(region) => {
+            infer.shared_memory().cuda_status(region.as_deref())?;
+            json_response(StatusCode::OK, b"[]".to_vec())
+        }
+        Route::CudaSharedMemoryRegister(region) => {
+            infer
+                .shared_memory()
+                .cuda_register(region.as_deref().unwrap_or(""))?;
+            empty(StatusCode::OK)
+        }
+        // Nothing can be registered, so there is nothing to unregister (NVIDIA's clients
+        // unregister both kinds when they finish).
+        Route::CudaSharedMemoryUnregister => empty(StatusCode::OK),
         Route::ModelDrift(m, v) => {
             let body = crate::lifecycle::page::drift_json(&*infer.monitored(&m, &v)?);
             json_response(StatusCode::OK, body)
@@ -631,7 +713,7 @@ async fn infer_route(
         binary_data_output: binary_default,
         ..Default::default()
     };
-    let rendered = rest::render_response(&response, |n| wants.wants_binary(n));
+    let rendered = rest::render_response_with(&response, |n| wants.output_form(n));
     let mut builder = Response::builder().status(StatusCode::OK);
     builder = match rendered.header_length {
         Some(length) => builder
@@ -646,6 +728,37 @@ async fn infer_route(
     builder
         .body(Body::from(body))
         .map_err(|e| Error::internal(format!("failed to build the response: {e}")))
+}
+
+/// The body of a shared-memory register request: `key`, `byte_size` and an optional `offset`.
+fn register_request(body: &[u8]) -> Result<(String, u64, u64), Error> {
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}")))?;
+    let key = match json.get("key") {
+        None => {
+            return Err(Error::invalid_arg(
+                "Shared memory register request has no 'key' field",
+            ))
+        }
+        Some(key) => key
+            .as_str()
+            .ok_or_else(|| Error::invalid_arg("'key' must be a string"))?
+            .to_string(),
+    };
+    let number = |field: &str| -> Result<Option<u64>, Error> {
+        json.get(field)
+            .map(|v| {
+                v.as_u64().ok_or_else(|| {
+                    Error::invalid_arg(format!("'{field}' must be a non-negative integer"))
+                })
+            })
+            .transpose()
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    let byte_size = number("byte_size")?.ok_or_else(|| {
+        Error::invalid_arg("Shared memory register request has no 'byte_size' field")
+    })?;
+    Ok((key, offset, byte_size))
 }
 
 /// A body that is one raw tensor (`Inference-Header-Content-Length: 0`): it feeds the model's
@@ -777,6 +890,12 @@ mod tests {
                     Route::TriggerFire(_) => "fire",
                     Route::ModelLineage(..) => "lineage",
                     Route::RequestLineage(_) => "request-lineage",
+                    Route::SharedMemoryStatus(_) => "shm-status",
+                    Route::SharedMemoryRegister(_) => "shm-register",
+                    Route::SharedMemoryUnregister(_) => "shm-unregister",
+                    Route::CudaSharedMemoryStatus(_)
+                    | Route::CudaSharedMemoryRegister(_)
+                    | Route::CudaSharedMemoryUnregister => "cuda-shm",
                 })
             })
             .map_err(|_| ())
@@ -785,6 +904,22 @@ mod tests {
     #[test]
     fn routes_like_triton() {
         assert_eq!(routed(Method::GET, "/v2"), Ok(Some("server")));
+        assert_eq!(
+            routed(Method::GET, "/v2/systemsharedmemory/region/r%20x/status"),
+            Ok(Some("shm-status"))
+        );
+        assert_eq!(
+            routed(Method::POST, "/v2/systemsharedmemory/unregister"),
+            Ok(Some("shm-unregister"))
+        );
+        assert_eq!(
+            routed(Method::GET, "/v2/systemsharedmemory/region/r/register"),
+            Err(())
+        );
+        assert_eq!(
+            routed(Method::POST, "/v2/cudasharedmemory/region/r/unregister"),
+            Ok(Some("cuda-shm"))
+        );
         assert_eq!(
             routed(Method::GET, "/v2/models/m/versions/3/config"),
             Ok(Some("config"))

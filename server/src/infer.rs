@@ -16,14 +16,16 @@ use crate::model::ModelVersion;
 use crate::registry::{ControlMode, LoadOverride, ModelRegistry};
 use crate::remote::RemoteRepository;
 use crate::scheduler::Executed;
+use crate::shared_memory::SharedMemory;
 use crate::stats::{ExecutionTimes, FailureReason};
 
 /// Extensions of the protocol this server implements, as listed in server metadata.
-pub const EXTENSIONS: [&str; 6] = [
+pub const EXTENSIONS: [&str; 7] = [
     "classification",
     "model_repository",
     "model_repository(unload_dependents)",
     "model_configuration",
+    "system_shared_memory",
     "binary_tensor_data",
     "statistics",
 ];
@@ -42,6 +44,21 @@ pub struct Infer {
     remote: Option<Arc<tokio::sync::Mutex<RemoteRepository>>>,
     /// Retraining triggers, when the server was given a triggers file.
     triggers: Option<Arc<crate::lifecycle::triggers::RunningTriggers>>,
+    /// Registered system shared-memory regions.
+    shared_memory: Arc<SharedMemory>,
+    /// The response cache (`--cache-config`), shared with the versions that use it.
+    response_cache: Option<Arc<crate::cache::ResponseCache>>,
+}
+
+/// How a request got its outputs.
+enum Answered {
+    Executed {
+        queue: Duration,
+        times: ExecutionTimes,
+    },
+    FromCache {
+        lookup: Duration,
+    },
 }
 
 impl Infer {
@@ -52,7 +69,19 @@ impl Infer {
             strict_readiness,
             remote: None,
             triggers: None,
+            shared_memory: Arc::default(),
+            response_cache: None,
         }
+    }
+
+    pub fn with_response_cache(mut self, cache: Option<Arc<crate::cache::ResponseCache>>) -> Self {
+        self.response_cache = cache;
+        self
+    }
+
+    /// The system shared-memory regions clients registered.
+    pub fn shared_memory(&self) -> &SharedMemory {
+        &self.shared_memory
     }
 
     pub fn with_triggers(
@@ -232,9 +261,33 @@ impl Infer {
     ) -> Result<InferResponse, Error> {
         let started = Instant::now();
         let result = async {
+            self.read_input_regions(model, &mut request)
+                .map_err(|err| (err, FailureReason::Other))?;
             let prepared = model
                 .prepare(&mut request)
                 .map_err(|err| (err, FailureReason::Other))?;
+            // The response cache: a hit answers now; a miss is stored once answered.
+            let cached = model.response_cache.as_ref().map(|cache| {
+                let looked_up = Instant::now();
+                let key = crate::cache::key(
+                    &model.name,
+                    model.version,
+                    model.load_id,
+                    &prepared.inputs,
+                    &request.outputs,
+                );
+                let hit = cache.lookup(&key);
+                (cache, key, hit, looked_up.elapsed())
+            });
+            let miss = match cached {
+                Some((_, _, Some(mut outputs), lookup)) => {
+                    self.write_output_regions(&request, &mut outputs)
+                        .map_err(|err| (err, FailureReason::Other))?;
+                    return Ok((outputs, Answered::FromCache { lookup }));
+                }
+                Some((cache, key, None, lookup)) => Some((cache, key, lookup)),
+                None => None,
+            };
             // The monitor's share of requests: their validated inputs and raw outputs are
             // offered to it once answered (a sampled request without an id gets one, returned
             // in the response, so that feedback can name it).
@@ -275,15 +328,35 @@ impl Infer {
             if let Some((monitor, tap)) = tap {
                 monitor.offer(tap, &request.id, &executed.outputs);
             }
-            let outputs = model
+            let mut outputs = model
                 .finish_outputs(&request, executed.outputs, batch_size)
                 .map_err(|err| (err, FailureReason::Other))?;
-            Ok::<_, (Error, FailureReason)>((outputs, executed.queue, executed.times))
+            if let Some((cache, key, lookup)) = miss {
+                let inserting = Instant::now();
+                cache.insert(key, &outputs);
+                model.stats.record_cache_miss(lookup + inserting.elapsed());
+            }
+            self.write_output_regions(&request, &mut outputs)
+                .map_err(|err| (err, FailureReason::Other))?;
+            Ok::<_, (Error, FailureReason)>((
+                outputs,
+                Answered::Executed {
+                    queue: executed.queue,
+                    times: executed.times,
+                },
+            ))
         }
         .await;
         match result {
-            Ok((outputs, queue, times)) => {
-                model.stats.record_success(started.elapsed(), queue, times);
+            Ok((outputs, answered)) => {
+                match answered {
+                    Answered::Executed { queue, times } => {
+                        model.stats.record_success(started.elapsed(), queue, times)
+                    }
+                    Answered::FromCache { lookup } => {
+                        model.stats.record_cache_hit(started.elapsed(), lookup)
+                    }
+                }
                 Ok(InferResponse {
                     model_name: model.name.clone(),
                     model_version: model.version.to_string(),
@@ -297,6 +370,49 @@ impl Infer {
                 Err(err)
             }
         }
+    }
+
+    /// The response cache this server was started with (`--cache-config`), if any.
+    pub fn response_cache(&self) -> Option<&Arc<crate::cache::ResponseCache>> {
+        self.response_cache.as_ref()
+    }
+
+    /// Fills the inputs whose data is in shared memory.
+    fn read_input_regions(
+        &self,
+        model: &ModelVersion,
+        request: &mut InferRequest,
+    ) -> Result<(), Error> {
+        if request.input_regions.is_empty() {
+            return Ok(());
+        }
+        for tensor in &mut request.inputs {
+            if let Some(region) = request.input_regions.get(&tensor.name) {
+                tensor.data = self.shared_memory.read(region)?;
+                tensor.check_byte_size(&model.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the outputs the request wants in shared memory there; their tensors keep their
+    /// name, datatype and shape, without data.
+    fn write_output_regions(
+        &self,
+        request: &InferRequest,
+        outputs: &mut [Tensor],
+    ) -> Result<(), Error> {
+        for requested in &request.outputs {
+            let Some(region) = &requested.shared_memory else {
+                continue;
+            };
+            if let Some(tensor) = outputs.iter_mut().find(|t| t.name == requested.name) {
+                self.shared_memory
+                    .write(region, &tensor.name, &tensor.data)?;
+                tensor.data = bytes::Bytes::new();
+            }
+        }
+        Ok(())
     }
 
     /// Runs an ensemble's steps as their inputs become ready (independent steps concurrently),

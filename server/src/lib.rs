@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod cache;
 pub mod connections;
 pub mod ensemble;
 pub mod grpc;
@@ -27,6 +28,7 @@ pub mod remote;
 pub mod repository;
 pub mod restrict;
 pub mod scheduler;
+pub mod shared_memory;
 pub mod stats;
 mod warmup;
 
@@ -72,6 +74,8 @@ pub struct ServeConfig {
     pub http_body_timeout: Duration,
     /// Open gRPC connections at most, handshake and keep-alive times, unary message deadline.
     pub grpc_limits: connections::GrpcLimits,
+    /// Size of the response cache in bytes (`--cache-config local,size=N`); `None`: no cache.
+    pub response_cache_bytes: Option<u64>,
     /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
     /// size limits); see [`model::VersionSettings::max_queue_wait`].
     pub max_queue_wait: Option<Duration>,
@@ -102,6 +106,7 @@ impl ServeConfig {
             http_limits: connections::HttpLimits::default(),
             http_body_timeout: http::DEFAULT_BODY_TIMEOUT,
             grpc_limits: connections::GrpcLimits::default(),
+            response_cache_bytes: None,
             triggers: None,
         }
     }
@@ -158,9 +163,13 @@ pub async fn start(
     };
     let (mode, startup) = (config.model_control_mode, config.load_models.clone());
     let local = repository.clone();
+    let response_cache = config
+        .response_cache_bytes
+        .map(|bytes| Arc::new(cache::ResponseCache::new(bytes)));
     let settings = model::VersionSettings {
         monitoring: config.monitoring.clone(),
         max_queue_wait: config.max_queue_wait,
+        response_cache: response_cache.clone(),
     };
     let registry =
         tokio::task::spawn_blocking(move || ModelRegistry::open(&local, mode, &startup, settings))
@@ -184,6 +193,7 @@ pub async fn start(
         None => None,
     };
     let infer = Infer::new(registry, config.strict_readiness)
+        .with_response_cache(response_cache)
         .with_remote(remote)
         .with_triggers(triggers);
 

@@ -165,6 +165,13 @@ struct ServeArgs {
     #[arg(long, env = "NEREID_GRPC_BODY_TIMEOUT_SECS", default_value_t = 60)]
     grpc_body_timeout_secs: u64,
 
+    /// The response cache, Triton's spelling: `local,size=BYTES` (one cache shared by every
+    /// model whose config has `response_cache { enable: true }`; least recently used entries
+    /// make room). Without it nothing is cached.
+    #[arg(long = "cache-config", env = "NEREID_CACHE_CONFIG", value_name = "local,size=BYTES",
+          value_parser = nereid_server::cache::parse_cache_setting)]
+    cache_config: Option<u64>,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "NEREID_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     exit_timeout_secs: u64,
@@ -284,6 +291,7 @@ impl From<ServeArgs> for ServeConfig {
                 header_timeout: Duration::from_secs(a.http_header_timeout_secs.max(1)),
             },
             http_body_timeout: Duration::from_secs(a.http_body_timeout_secs.max(1)),
+            response_cache_bytes: a.cache_config.filter(|bytes| *bytes > 0),
             grpc_limits: nereid_server::connections::GrpcLimits {
                 max_connections: a.grpc_max_connections.max(1),
                 handshake_timeout: Duration::from_secs(a.grpc_handshake_timeout_secs.max(1)),

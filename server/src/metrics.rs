@@ -112,7 +112,7 @@ struct ModelSample {
 
 type CounterFamily = (&'static str, &'static str, fn(&Snapshot) -> f64);
 
-const COUNTERS: [CounterFamily; 9] = [
+const COUNTERS: [CounterFamily; 13] = [
     ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", |s| s.success.count as f64),
     ("nv_inference_count", "Number of inferences performed (does not include cached requests)", |s| s.inference_count as f64),
     ("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)", |s| s.execution_count as f64),
@@ -121,6 +121,10 @@ const COUNTERS: [CounterFamily; 9] = [
     ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)", |s| (s.compute_input.ns / 1000) as f64),
     ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)", |s| (s.compute_infer.ns / 1000) as f64),
     ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)", |s| (s.compute_output.ns / 1000) as f64),
+    ("nv_cache_num_hits_per_model", "Number of response cache hits per model", |s| s.cache_hit.count as f64),
+    ("nv_cache_num_misses_per_model", "Number of response cache misses per model", |s| s.cache_miss.count as f64),
+    ("nv_cache_hit_duration_per_model", "Cumulative time requests spend retrieving a cached response per model on cache hits (microseconds)", |s| (s.cache_hit.ns / 1000) as f64),
+    ("nv_cache_miss_duration_per_model", "Cumulative time requests spend looking up and inserting responses into the cache on a cache miss (microseconds)", |s| (s.cache_miss.ns / 1000) as f64),
     ("nereid_device_resident_inputs", "Batch inputs a GPU instance read straight from its device memory, left there by an earlier ensemble step on the same GPU", |s| s.device_inputs as f64),
 ];
 
@@ -205,6 +209,9 @@ fn gather(state: &MetricsState) -> Vec<MetricFamily> {
         per_model(&|m, l| vec![batch_histogram(&m.snapshot, m.max_batch_size, l)]),
     ));
 
+    if let Some(cache) = state.infer.response_cache() {
+        families.extend(cache_families(&cache.totals()));
+    }
     families.extend(monitor_families(&state.infer.registry().all_ready()));
     if let Ok(triggers) = state.infer.triggers() {
         families.extend(trigger_families(
@@ -261,6 +268,67 @@ fn gather(state: &MetricsState) -> Vec<MetricFamily> {
         ));
     }
     families
+}
+
+/// The response cache as a whole (with `--cache-config`).
+fn cache_families(totals: &crate::cache::CacheTotals) -> Vec<MetricFamily> {
+    let one = |name: &str, help: &str, kind: MetricType, value: u64| {
+        let metric = match kind {
+            MetricType::GAUGE => gauge(&[], value as f64),
+            _ => counter(&[], value as f64),
+        };
+        family(name, help, kind, vec![metric])
+    };
+    vec![
+        one(
+            "nv_cache_num_entries",
+            "Number of responses stored in the response cache",
+            MetricType::GAUGE,
+            totals.entries,
+        ),
+        one(
+            "nv_cache_num_lookups",
+            "Number of response cache lookups",
+            MetricType::COUNTER,
+            totals.lookups,
+        ),
+        one(
+            "nv_cache_num_hits",
+            "Number of response cache hits",
+            MetricType::COUNTER,
+            totals.hits,
+        ),
+        one(
+            "nv_cache_num_misses",
+            "Number of response cache misses",
+            MetricType::COUNTER,
+            totals.misses,
+        ),
+        one(
+            "nv_cache_num_evictions",
+            "Number of response cache evictions",
+            MetricType::COUNTER,
+            totals.evictions,
+        ),
+        one(
+            "nereid_cache_num_inserts",
+            "Number of responses inserted into the response cache",
+            MetricType::COUNTER,
+            totals.inserts,
+        ),
+        one(
+            "nereid_cache_bytes",
+            "Bytes of output tensors held by the response cache",
+            MetricType::GAUGE,
+            totals.bytes,
+        ),
+        one(
+            "nereid_cache_capacity_bytes",
+            "Size of the response cache in bytes (--cache-config)",
+            MetricType::GAUGE,
+            totals.capacity,
+        ),
+    ]
 }
 
 /// The monitors' families (`nereid_*`): drift of the latest closed window, data quality, live

@@ -53,6 +53,10 @@ pub struct ModelVersion {
     /// Drift and data-quality monitoring, prediction log and feedback (when the version has a
     /// `reference.json` or the config turns monitoring on).
     pub monitor: Option<Arc<VersionMonitor>>,
+    /// The response cache, when the config enables it and the server has one.
+    pub response_cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// This load of the version, in response cache keys (see [`crate::cache::next_load_id`]).
+    pub load_id: u64,
     executor: Executor,
 }
 
@@ -85,6 +89,9 @@ pub struct VersionSettings {
     /// [`crate::scheduler::WaitLimit`]); `None` admits up to the queue size limits only. A model
     /// overrides it with the parameter `nereid.max_queue_wait_ms` (0: no limit).
     pub max_queue_wait: Option<Duration>,
+    /// The server's response cache (`--cache-config`), used by versions whose config enables
+    /// `response_cache`.
+    pub response_cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 /// The server-wide default of [`VersionSettings::max_queue_wait`].
@@ -98,6 +105,7 @@ impl Default for VersionSettings {
         VersionSettings {
             monitoring: MonitorSettings::default(),
             max_queue_wait: Some(DEFAULT_MAX_QUEUE_WAIT),
+            response_cache: None,
         }
     }
 }
@@ -211,7 +219,16 @@ impl ModelVersion {
             version,
             monitoring,
         )?;
+        let wants_cache = config.response_cache.as_ref().is_some_and(|c| c.enable);
+        if wants_cache && settings.response_cache.is_none() {
+            tracing::warn!(
+                model = %name,
+                "response_cache is enabled in the config, but the server has no cache (--cache-config local,size=BYTES); requests are not cached"
+            );
+        }
         Ok(ModelVersion {
+            response_cache: settings.response_cache.clone().filter(|_| wants_cache),
+            load_id: crate::cache::next_load_id(),
             name,
             version,
             config,

@@ -372,9 +372,6 @@ pub fn unsupported_field(config: &ModelConfig) -> Option<(String, &'static str)>
             "every request gets exactly one response",
         );
     }
-    if config.response_cache.as_ref().is_some_and(|c| c.enable) {
-        return found("response_cache".into(), "there is no response cache");
-    }
     if !config.batch_input.is_empty() {
         return found("batch_input".into(), "ragged batching is not implemented");
     }
@@ -619,7 +616,6 @@ output [ { name: "O" data_type: TYPE_FP32 dims: [2] } ]
             ("sequence_batching { max_sequence_idle_microseconds: 5000000 }", "sequence_batching"),
             ("sequence_batching { direct { } }", "sequence_batching"),
             ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
-            ("response_cache { enable: true }", "response_cache"),
             (
                 r#"batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "L" data_type: TYPE_INT32 source_input: "I" } ]"#,
                 "batch_input",
@@ -674,6 +670,7 @@ output [ { name: "O" data_type: TYPE_FP32 dims: [2] } ]
             r#"metric_tags { key: "team" value: "fraud" }"#,
             "model_transaction_policy { decoupled: false }",
             "response_cache { enable: false }",
+            "response_cache { enable: true }",
         ];
         for extra in ignored {
             let c = parse(&format!("{base}{extra}"));

@@ -98,6 +98,10 @@ pub struct Snapshot {
     /// Batch inputs an instance found already in its GPU's memory (put there by an earlier
     /// ensemble step on the same GPU).
     pub device_inputs: u64,
+    /// Response cache hits (time to look up and copy out) and misses (time to look up and
+    /// insert).
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
 }
 
 impl Default for Snapshot {
@@ -116,6 +120,8 @@ impl Default for Snapshot {
             failures: [0; 4],
             device_inputs: 0,
             request_latency_us: latency_histogram(),
+            cache_hit: Counter::default(),
+            cache_miss: Counter::default(),
         }
     }
 }
@@ -171,6 +177,21 @@ impl ModelStats {
             .saturating_record(total.as_micros().max(1) as u64);
     }
 
+    /// A request answered from the response cache: a success that ran nothing.
+    pub fn record_cache_hit(&self, total: Duration, lookup: Duration) {
+        let mut s = self.lock();
+        s.last_inference_ms = now_ms();
+        s.success.add(total);
+        s.cache_hit.add(lookup);
+        s.request_latency_us
+            .saturating_record(total.as_micros().max(1) as u64);
+    }
+
+    /// A request the cache did not have; `lookup_and_insert` is the cache's share of its time.
+    pub fn record_cache_miss(&self, lookup_and_insert: Duration) {
+        self.lock().cache_miss.add(lookup_and_insert);
+    }
+
     pub fn record_failure(&self, total: Duration, reason: FailureReason) {
         let mut s = self.lock();
         s.last_inference_ms = now_ms();
@@ -203,6 +224,8 @@ impl ModelStats {
             failures: s.failures,
             request_latency_us: latency_histogram(),
             device_inputs: s.device_inputs,
+            cache_hit: s.cache_hit,
+            cache_miss: s.cache_miss,
         }
     }
 
@@ -222,8 +245,8 @@ impl ModelStats {
                 compute_input: s.compute_input.message(),
                 compute_infer: s.compute_infer.message(),
                 compute_output: s.compute_output.message(),
-                cache_hit: Counter::default().message(),
-                cache_miss: Counter::default().message(),
+                cache_hit: s.cache_hit.message(),
+                cache_miss: s.cache_miss.message(),
             }),
             batch_stats: s
                 .batches

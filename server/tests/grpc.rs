@@ -899,27 +899,24 @@ async fn unimplemented_rpcs_name_themselves() {
             status.message()
         );
     };
-    check(
-        "SystemSharedMemoryStatus",
-        client
-            .system_shared_memory_status(SystemSharedMemoryStatusRequest::default())
-            .await
-            .unwrap_err(),
-    );
-    check(
-        "SystemSharedMemoryRegister",
-        client
-            .system_shared_memory_register(SystemSharedMemoryRegisterRequest::default())
-            .await
-            .unwrap_err(),
-    );
-    check(
-        "CudaSharedMemoryStatus",
-        client
-            .cuda_shared_memory_status(CudaSharedMemoryStatusRequest::default())
-            .await
-            .unwrap_err(),
-    );
+    // System shared memory is implemented (tests/shared_memory.rs); an unnamed region is
+    // refused as Triton refuses it.
+    let status = client
+        .system_shared_memory_register(SystemSharedMemoryRegisterRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .cuda_shared_memory_register(CudaSharedMemoryRegisterRequest {
+            name: "gpu".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(status
+        .message()
+        .contains("CUDA shared memory is not supported"));
     check(
         "TraceSetting",
         client

@@ -1,6 +1,7 @@
 //! NVIDIA's perf_analyzer (2.60, the `perf-analyzer` wheel; installed by `ci/perf-analyzer.sh`)
 //! benchmarks Nereid the way a Triton user's first benchmark would: over HTTP (binary and JSON
-//! tensors) and gRPC, synchronous, asynchronous and streaming. Each run must exit 0, and the
+//! tensors) and gRPC, synchronous, asynchronous and streaming, and with its tensors in system
+//! shared memory. Each run must exit 0, and the
 //! requests it counts must match what the server's statistics count: perf_analyzer's own
 //! server-side figures (read from the statistics extension around its window) and the totals
 //! before and after the run.
@@ -47,7 +48,7 @@ async fn perf_analyzer_runs_over_http_and_grpc() {
         return;
     };
     let server = TestServer::start_default().await;
-    let runs: [(&str, &[&str]); 6] = [
+    let runs: [(&str, &[&str]); 8] = [
         ("http", &[]),
         ("http", &["--async"]),
         (
@@ -59,9 +60,11 @@ async fn perf_analyzer_runs_over_http_and_grpc() {
                 "json",
             ],
         ),
+        ("http", &["--shared-memory", "system"]),
         ("grpc", &[]),
         ("grpc", &["--async"]),
         ("grpc", &["--streaming"]),
+        ("grpc", &["--shared-memory", "system"]),
     ];
     for (protocol, extra) in runs {
         let port = if protocol == "http" {
@@ -76,8 +79,13 @@ async fn perf_analyzer_runs_over_http_and_grpc() {
             .args(["-m", "identity_fp32", "-i", protocol])
             .arg("-u")
             .arg(format!("127.0.0.1:{port}"))
-            .args(["--concurrency-range", "4", "--measurement-interval", "300"])
-            .args(["--max-trials", "6"])
+            .args(["--concurrency-range", "4"])
+            // Windows of a fixed request count, and any three windows count as stable: this
+            // checks what is served and counted, not how fast (a busy 2-core machine can miss
+            // perf_analyzer's default 10% stability and fail a run that served everything).
+            .args(["--measurement-mode", "count_windows"])
+            .args(["--measurement-request-count", "200"])
+            .args(["--stability-percentage", "1000", "--max-trials", "10"])
             .args(extra);
         let out = tokio::task::spawn_blocking(move || command.output())
             .await
@@ -101,6 +109,11 @@ async fn perf_analyzer_runs_over_http_and_grpc() {
             client.abs_diff(server_side) <= 8,
             "{what}: client {client}, server {server_side}\n{stdout}"
         );
+        if extra.contains(&"--shared-memory") {
+            // It registered its regions, sent every tensor through them, and unregistered.
+            let regions = server.get("/v2/systemsharedmemory/status").await;
+            assert_eq!(regions.text(), "[]", "{what}: regions left registered");
+        }
         let (succeeded, failed) = counts(&server).await;
         assert_eq!(failed, failed_before, "{what}: failures\n{stdout}");
         assert!(
