@@ -417,6 +417,59 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<LogSettingsResponse>, Status> {
         self.restrictions
             .check_grpc(Api::Logging, request.metadata())?;
-        Err(unimplemented("LogSettings"))
+        use log_settings_request::setting_value::ParameterChoice as In;
+        use log_settings_response::setting_value::ParameterChoice as Out;
+        let settings = request.into_inner().settings;
+        let value = |name: &str| settings.get(name).and_then(|v| v.parameter_choice.clone());
+        let flag = |name: &str| match value(name) {
+            None => Ok(None),
+            Some(In::BoolParam(b)) => Ok(Some(b)),
+            Some(_) => Err(Error::invalid_arg(format!("'{name}' must be a bool_param"))),
+        };
+        let text = |name: &str| match value(name) {
+            None => Ok(None),
+            Some(In::StringParam(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::invalid_arg(format!("'{name}' must be a string_param"))),
+        };
+        let update = crate::logging::LogUpdate {
+            file: text("log_file")?,
+            info: flag("log_info")?,
+            warning: flag("log_warning")?,
+            error: flag("log_error")?,
+            verbose_level: match value("log_verbose_level") {
+                None => None,
+                Some(In::Uint32Param(level)) => Some(level),
+                Some(_) => {
+                    return Err(
+                        Error::invalid_arg("'log_verbose_level' must be a uint32_param").into(),
+                    )
+                }
+            },
+            format: text("log_format")?,
+        };
+        let control = self.infer.log_control();
+        let now = if settings.is_empty() {
+            control.settings()
+        } else {
+            control.update(&update)?
+        };
+        let setting = |choice: Out| log_settings_response::SettingValue {
+            parameter_choice: Some(choice),
+        };
+        let settings = [
+            ("log_file", setting(Out::StringParam(String::new()))),
+            ("log_info", setting(Out::BoolParam(now.info))),
+            ("log_warning", setting(Out::BoolParam(now.warning))),
+            ("log_error", setting(Out::BoolParam(now.error))),
+            ("log_verbose_level", setting(Out::Uint32Param(now.verbose_level))),
+            (
+                "log_format",
+                setting(Out::StringParam(crate::logging::LOG_FORMAT.into())),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(Response::new(LogSettingsResponse { settings }))
     }
 }

@@ -106,6 +106,8 @@ enum Route {
     CudaSharedMemoryStatus(Option<String>),
     CudaSharedMemoryRegister(Option<String>),
     CudaSharedMemoryUnregister,
+    /// The logging extension: `None` reads the settings, `Some` changes them.
+    Logging { update: bool },
 }
 
 impl Route {
@@ -136,6 +138,7 @@ impl Route {
             | Route::CudaSharedMemoryStatus(_)
             | Route::CudaSharedMemoryRegister(_)
             | Route::CudaSharedMemoryUnregister => Api::SharedMemory,
+            Route::Logging { .. } => Api::Logging,
         }
     }
 }
@@ -197,6 +200,11 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
                 _ => Ok(None),
             }
         }
+        ["v2", "logging"] => match *method {
+            Method::GET => Ok(Some(Route::Logging { update: false })),
+            Method::POST => Ok(Some(Route::Logging { update: true })),
+            _ => Err(WrongMethod),
+        },
         ["v2", "cudasharedmemory", "status"] => get(Route::CudaSharedMemoryStatus(None)),
         ["v2", "cudasharedmemory", "register"] => post(Route::CudaSharedMemoryRegister(None)),
         ["v2", "cudasharedmemory", "unregister"] => post(Route::CudaSharedMemoryUnregister),
@@ -376,6 +384,24 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
         // Nothing can be registered, so there is nothing to unregister (NVIDIA's clients
         // unregister both kinds when they finish).
         Route::CudaSharedMemoryUnregister => empty(StatusCode::OK),
+        Route::Logging { update } => {
+            let control = infer.log_control();
+            let settings = if update {
+                let body = read_body(request, state.max_input_size, state.body_timeout).await?;
+                control.update(&log_update(&body)?)?
+            } else {
+                control.settings()
+            };
+            let body = serde_json::json!({
+                "log_file": "",
+                "log_info": settings.info,
+                "log_warning": settings.warning,
+                "log_error": settings.error,
+                "log_verbose_level": settings.verbose_level,
+                "log_format": crate::logging::LOG_FORMAT,
+            });
+            json_response(StatusCode::OK, body.to_string())
+        }
         Route::ModelDrift(m, v) => {
             let body = crate::lifecycle::page::drift_json(&*infer.monitored(&m, &v)?);
             json_response(StatusCode::OK, body)
@@ -730,6 +756,51 @@ async fn infer_route(
         .map_err(|e| Error::internal(format!("failed to build the response: {e}")))
 }
 
+/// A logging extension request body: each known setting optional, `null` meaning unchanged.
+fn log_update(body: &[u8]) -> Result<crate::logging::LogUpdate, Error> {
+    let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}"))
+        })?
+    };
+    let field = |name: &str| json.get(name).filter(|v| !v.is_null());
+    let flag = |name: &str| {
+        field(name)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| Error::invalid_arg(format!("'{name}' must be a boolean")))
+            })
+            .transpose()
+    };
+    let text = |name: &str| {
+        field(name)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::invalid_arg(format!("'{name}' must be a string")))
+            })
+            .transpose()
+    };
+    Ok(crate::logging::LogUpdate {
+        file: text("log_file")?,
+        info: flag("log_info")?,
+        warning: flag("log_warning")?,
+        error: flag("log_error")?,
+        verbose_level: field("log_verbose_level")
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| {
+                        Error::invalid_arg("'log_verbose_level' must be a non-negative integer")
+                    })
+            })
+            .transpose()?,
+        format: text("log_format")?,
+    })
+}
+
 /// The body of a shared-memory register request: `key`, `byte_size` and an optional `offset`.
 fn register_request(body: &[u8]) -> Result<(String, u64, u64), Error> {
     let json: serde_json::Value = serde_json::from_slice(body)
@@ -896,6 +967,7 @@ mod tests {
                     Route::CudaSharedMemoryStatus(_)
                     | Route::CudaSharedMemoryRegister(_)
                     | Route::CudaSharedMemoryUnregister => "cuda-shm",
+                    Route::Logging { .. } => "logging",
                 })
             })
             .map_err(|_| ())

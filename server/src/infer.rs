@@ -20,7 +20,7 @@ use crate::shared_memory::SharedMemory;
 use crate::stats::{ExecutionTimes, FailureReason};
 
 /// Extensions of the protocol this server implements, as listed in server metadata.
-pub const EXTENSIONS: [&str; 7] = [
+pub const EXTENSIONS: [&str; 8] = [
     "classification",
     "model_repository",
     "model_repository(unload_dependents)",
@@ -28,6 +28,7 @@ pub const EXTENSIONS: [&str; 7] = [
     "system_shared_memory",
     "binary_tensor_data",
     "statistics",
+    "logging",
 ];
 
 /// The error every load/unload call gets outside explicit model control mode (Triton's text).
@@ -48,6 +49,8 @@ pub struct Infer {
     shared_memory: Arc<SharedMemory>,
     /// The response cache (`--cache-config`), shared with the versions that use it.
     response_cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// The logging extension's settings.
+    log_control: Arc<crate::logging::LogControl>,
 }
 
 /// How a request got its outputs.
@@ -71,7 +74,18 @@ impl Infer {
             triggers: None,
             shared_memory: Arc::default(),
             response_cache: None,
+            log_control: Arc::default(),
         }
+    }
+
+    pub fn with_log_control(mut self, control: Arc<crate::logging::LogControl>) -> Self {
+        self.log_control = control;
+        self
+    }
+
+    /// The logging extension's settings and their hook.
+    pub fn log_control(&self) -> &crate::logging::LogControl {
+        &self.log_control
     }
 
     pub fn with_response_cache(mut self, cache: Option<Arc<crate::cache::ResponseCache>>) -> Self {

@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod infer;
 pub mod lifecycle;
+pub mod logging;
 mod metrics;
 pub mod model;
 pub mod registry;
@@ -76,6 +77,10 @@ pub struct ServeConfig {
     pub grpc_limits: connections::GrpcLimits,
     /// Size of the response cache in bytes (`--cache-config local,size=N`); `None`: no cache.
     pub response_cache_bytes: Option<u64>,
+    /// The log settings at start, and the hook that changes the process's log filter (the
+    /// logging extension); without a hook the settings are reported but change nothing.
+    pub log_settings: logging::LogSettings,
+    pub log_hook: Option<logging::LogHook>,
     /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
     /// size limits); see [`model::VersionSettings::max_queue_wait`].
     pub max_queue_wait: Option<Duration>,
@@ -107,6 +112,8 @@ impl ServeConfig {
             http_body_timeout: http::DEFAULT_BODY_TIMEOUT,
             grpc_limits: connections::GrpcLimits::default(),
             response_cache_bytes: None,
+            log_settings: logging::LogSettings::default(),
+            log_hook: None,
             triggers: None,
         }
     }
@@ -194,6 +201,10 @@ pub async fn start(
     };
     let infer = Infer::new(registry, config.strict_readiness)
         .with_response_cache(response_cache)
+        .with_log_control(Arc::new(logging::LogControl::new(
+            config.log_settings,
+            config.log_hook.clone(),
+        )))
         .with_remote(remote)
         .with_triggers(triggers);
 

@@ -363,13 +363,25 @@ fn main() -> ExitCode {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NEREID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The filter sits behind a reload layer, so that the logging extension can change it while
+    // the server runs.
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(
+        tracing_subscriber::EnvFilter::try_from_env("NEREID_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+    let log_hook = nereid_server::logging::LogHook(std::sync::Arc::new(move |directive: &str| {
+        filter_handle
+            .reload(tracing_subscriber::EnvFilter::new(directive))
+            .map_err(|e| e.to_string())
+    }));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -382,7 +394,13 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let server =
-                    nereid_server::start(args.into(), nereid_server::shutdown_signal()).await?;
+                let mut config: nereid_server::ServeConfig = args.into();
+                config.log_settings = std::env::var("NEREID_LOG")
+                    .ok()
+                    .and_then(|level| nereid_server::logging::LogSettings::from_level(&level))
+                    .unwrap_or_default();
+                config.log_hook = Some(log_hook);
+                    nereid_server::start(config, nereid_server::shutdown_signal()).await?;
                 server.wait().await
             }
             Command::Repo(RepoCommand::Publish {

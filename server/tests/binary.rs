@@ -259,10 +259,36 @@ async fn the_cli_operates_a_protected_server() {
             .any(|l| l.starts_with("identity_fp32") && l.contains("READY")),
         "{index}"
     );
+    // The logging extension changes the running process's filter: this server started with
+    // NEREID_LOG=warn, so its "loaded" info line for identity_fp32 was not written; with
+    // log_info switched on, loading identity_bytes is.
+    let log = || std::fs::read_to_string(here.join("nereid.log")).unwrap_or_default();
+    assert!(!log().contains("loaded"), "{}", log());
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let settings: Value = client
+        .post(format!("{http}/v2/logging"))
+        .body(r#"{"log_info": true}"#)
+        .send()
+        .await
+        .expect("logging")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(settings["log_info"], true, "{settings}");
     assert_eq!(
         with(&["repo", "load", "identity_bytes"], &grpc_key),
         "loaded identity_bytes\n"
     );
+    let text = log();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("loaded") && l.contains("identity_bytes")),
+        "{text}"
+    );
+    assert!(!text.contains("identity_fp32"), "{text}");
     let (code, _, _) = run(
         here,
         &["health", "--url", &http, "--model", "identity_bytes"],
