@@ -429,7 +429,9 @@ impl GrpcInferenceService for GrpcService {
         let text = |name: &str| match value(name) {
             None => Ok(None),
             Some(In::StringParam(s)) => Ok(Some(s)),
-            Some(_) => Err(Error::invalid_arg(format!("'{name}' must be a string_param"))),
+            Some(_) => Err(Error::invalid_arg(format!(
+                "'{name}' must be a string_param"
+            ))),
         };
         let update = crate::logging::LogUpdate {
             file: text("log_file")?,
@@ -461,7 +463,10 @@ impl GrpcInferenceService for GrpcService {
             ("log_info", setting(Out::BoolParam(now.info))),
             ("log_warning", setting(Out::BoolParam(now.warning))),
             ("log_error", setting(Out::BoolParam(now.error))),
-            ("log_verbose_level", setting(Out::Uint32Param(now.verbose_level))),
+            (
+                "log_verbose_level",
+                setting(Out::Uint32Param(now.verbose_level)),
+            ),
             (
                 "log_format",
                 setting(Out::StringParam(crate::logging::LOG_FORMAT.into())),

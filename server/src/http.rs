@@ -107,7 +107,9 @@ enum Route {
     CudaSharedMemoryRegister(Option<String>),
     CudaSharedMemoryUnregister,
     /// The logging extension: `None` reads the settings, `Some` changes them.
-    Logging { update: bool },
+    Logging {
+        update: bool,
+    },
 }
 
 impl Route {

@@ -146,9 +146,8 @@ impl LogControl {
         next.error = update.error.unwrap_or(next.error);
         next.verbose_level = update.verbose_level.unwrap_or(next.verbose_level);
         if let Some(hook) = &self.hook {
-            (hook.0)(next.filter()).map_err(|e| {
-                Error::internal(format!("failed to change the log settings: {e}"))
-            })?;
+            (hook.0)(next.filter())
+                .map_err(|e| Error::internal(format!("failed to change the log settings: {e}")))?;
         }
         *settings = next;
         Ok(next)
@@ -230,7 +229,9 @@ mod tests {
                 ..LogUpdate::default()
             })
             .unwrap_err();
-        assert!(err.message.starts_with("invalid argument for --log_format, got: default"));
+        assert!(err
+            .message
+            .starts_with("invalid argument for --log_format, got: default"));
         assert!(!control.settings().info, "a refused update changes nothing");
         assert_eq!(applied.lock().unwrap().len(), 2);
     }

@@ -292,6 +292,9 @@ impl From<ServeArgs> for ServeConfig {
             },
             http_body_timeout: Duration::from_secs(a.http_body_timeout_secs.max(1)),
             response_cache_bytes: a.cache_config.filter(|bytes| *bytes > 0),
+            // Set by `main`, which owns the process's log subscriber.
+            log_settings: nereid_server::logging::LogSettings::default(),
+            log_hook: None,
             grpc_limits: nereid_server::connections::GrpcLimits {
                 max_connections: a.grpc_max_connections.max(1),
                 handshake_timeout: Duration::from_secs(a.grpc_handshake_timeout_secs.max(1)),
@@ -393,14 +396,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let server =
                 let mut config: nereid_server::ServeConfig = args.into();
                 config.log_settings = std::env::var("NEREID_LOG")
                     .ok()
                     .and_then(|level| nereid_server::logging::LogSettings::from_level(&level))
                     .unwrap_or_default();
                 config.log_hook = Some(log_hook);
-                    nereid_server::start(config, nereid_server::shutdown_signal()).await?;
+                let server = nereid_server::start(config, nereid_server::shutdown_signal()).await?;
                 server.wait().await
             }
             Command::Repo(RepoCommand::Publish {

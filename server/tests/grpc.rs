@@ -924,13 +924,6 @@ async fn unimplemented_rpcs_name_themselves() {
             .await
             .unwrap_err(),
     );
-    check(
-        "LogSettings",
-        client
-            .log_settings(LogSettingsRequest::default())
-            .await
-            .unwrap_err(),
-    );
     assert_grpc_serving(&mut client).await;
     server.shutdown().await.unwrap();
 }

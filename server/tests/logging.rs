@@ -19,7 +19,10 @@ async fn log_settings_are_read_and_changed() {
     assert_eq!(server.get("/v2/logging").await.json(), defaults);
 
     let reply = server
-        .post_json("/v2/logging", &json!({"log_verbose_level": 1, "log_info": null}))
+        .post_json(
+            "/v2/logging",
+            &json!({"log_verbose_level": 1, "log_info": null}),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let mut expected = defaults.clone();
@@ -70,7 +73,10 @@ async fn log_settings_are_read_and_changed() {
     let value = |name: &str| response.settings[name].parameter_choice.clone();
     assert_eq!(value("log_info"), Some(Out::BoolParam(false)));
     assert_eq!(value("log_verbose_level"), Some(Out::Uint32Param(0)));
-    assert_eq!(value("log_format"), Some(Out::StringParam("ISO8601".into())));
+    assert_eq!(
+        value("log_format"),
+        Some(Out::StringParam("ISO8601".into()))
+    );
     assert_eq!(server.get("/v2/logging").await.json()["log_info"], false);
     let refused = client
         .log_settings(LogSettingsRequest {
