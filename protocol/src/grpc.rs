@@ -250,7 +250,8 @@ fn input_from_grpc(input: InferInputTensor, raw: Option<Bytes>, model: &str) -> 
     };
     let tensor = Tensor::new(name, datatype, input.shape, data);
     tensor.element_count()?;
-    tensor.check_byte_size(model)?;
+    // The data's size against the shape is checked with the model's other request checks
+    // (`ModelVersion::prepare`), as Triton's core checks it, naming the request.
     Ok(tensor)
 }
 

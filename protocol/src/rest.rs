@@ -177,12 +177,9 @@ fn parse_input(
     model_name: &str,
 ) -> Result<ParsedInput> {
     let name = input.name;
-    let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
-        Error::invalid_arg(format!(
-            "invalid datatype '{}' for input '{name}'",
-            input.datatype
-        ))
-    })?;
+    // Triton's text (it does not quote the datatype it did not recognise).
+    let datatype = DataType::from_wire(&input.datatype)
+        .ok_or_else(|| Error::invalid_arg(format!("invalid datatype for input {name}")))?;
     let shape = input
         .shape
         .iter()
@@ -257,9 +254,9 @@ fn parse_input(
         }
         decode_json_data(raw.get(), datatype, count, &name)?
     };
-    let tensor = Tensor::new(name, datatype, shape, data);
-    tensor.check_byte_size(model_name)?;
-    Ok(ParsedInput::Data(tensor))
+    // The data's size against the shape is checked with the model's other request checks
+    // (`ModelVersion::prepare`), as Triton's core checks it, naming the request.
+    Ok(ParsedInput::Data(Tensor::new(name, datatype, shape, data)))
 }
 
 /// An input as the request carries it: its data, or where in shared memory it is.

@@ -627,7 +627,10 @@ fn repository_index(infer: &Infer, body: &[u8]) -> Result<Response, Error> {
                 entry.insert("version".into(), row.version.into());
             }
             entry.insert("state".into(), row.state.into());
-            entry.insert("reason".into(), row.reason.into());
+            // As Triton's index: a reason only where there is one.
+            if !row.reason.is_empty() {
+                entry.insert("reason".into(), row.reason.into());
+            }
             serde_json::Value::Object(entry)
         })
         .collect();

@@ -285,6 +285,15 @@ impl ModelVersion {
     /// Validates the request's inputs and outputs against the config.
     pub fn prepare(&self, request: &mut InferRequest) -> Result<Prepared, Error> {
         let m = &self.name;
+        // Triton's core names the request in these errors: "[request id: <id>] ...".
+        let tagged = |err: Error| {
+            let id = if request.id.is_empty() {
+                "<id_unknown>"
+            } else {
+                request.id.as_str()
+            };
+            Error::new(err.code, format!("[request id: {id}] {}", err.message))
+        };
         for output in &request.outputs {
             let spec = self
                 .outputs
@@ -342,12 +351,12 @@ impl ModelVersion {
                     self.inputs.len()
                 )
             };
-            return Err(Error::invalid_arg(format!(
+            return Err(tagged(Error::invalid_arg(format!(
                 "{expected} but got {} inputs for model '{m}'. Got input(s) {}, but missing required input(s) {}. Please provide all required input(s).",
                 got.len(),
                 python_list(&got),
                 python_list(&missing)
-            )));
+            ))));
         }
 
         let mut batch_size = None;
@@ -355,20 +364,20 @@ impl ModelVersion {
         for (spec, tensor) in self.inputs.iter().zip(given) {
             let Some(mut tensor) = tensor else { continue };
             if tensor.datatype != spec.datatype {
-                return Err(Error::invalid_arg(format!(
+                return Err(tagged(Error::invalid_arg(format!(
                     "inference input '{}' data-type is '{}', but model '{m}' expects '{}'",
                     tensor.name, tensor.datatype, spec.datatype
-                )));
+                ))));
             }
             let dims = if self.batching() {
                 let Some(&batch) = tensor.shape.first() else {
-                    return Err(self.shape_error(spec, &tensor.shape));
+                    return Err(tagged(self.shape_error(spec, &tensor.shape)));
                 };
                 if batch < 1 || batch > i64::from(self.config.max_batch_size) {
-                    return Err(Error::invalid_arg(format!(
+                    return Err(tagged(Error::invalid_arg(format!(
                         "inference request batch-size must be <= {} for '{m}'",
                         self.config.max_batch_size
-                    )));
+                    ))));
                 }
                 if *batch_size.get_or_insert(batch) != batch {
                     return Err(Error::invalid_arg(format!(
@@ -384,9 +393,9 @@ impl ModelVersion {
             let matches = dims.len() == spec.dims.len()
                 && dims.iter().zip(&spec.dims).all(|(d, s)| *s == -1 || d == s);
             if !matches {
-                return Err(self.shape_error(spec, &tensor.shape));
+                return Err(tagged(self.shape_error(spec, &tensor.shape)));
             }
-            tensor.check_byte_size(m)?;
+            tensor.check_byte_size(m).map_err(tagged)?;
             if let Some(reshape) = &spec.reshape {
                 tensor.shape = self.reshaped(&tensor, reshape)?;
             }
@@ -425,7 +434,8 @@ impl ModelVersion {
             shape_string(&self.client_shape(spec)),
             shape_string(got)
         );
-        if !self.batching() {
+        // Triton adds the note for batching models, whose shapes need the batch dimension.
+        if self.batching() {
             message.push_str(". NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size.");
         }
         Error::invalid_arg(message)

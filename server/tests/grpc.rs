@@ -492,7 +492,7 @@ async fn model_infer_errors_map_to_status_codes() {
     assert_status(
         client.model_infer(request).await,
         Code::InvalidArgument,
-        "inference input 'INPUT0' data-type is 'INT32', but model 'identity_fp32' expects 'FP32'",
+        "[request id: <id_unknown>] inference input 'INPUT0' data-type is 'INT32', but model 'identity_fp32' expects 'FP32'",
     );
     assert_grpc_serving(&mut client).await;
 
@@ -527,7 +527,7 @@ async fn model_infer_errors_map_to_status_codes() {
     assert_status(
         client.model_infer(request).await,
         Code::InvalidArgument,
-        "unexpected shape for input 'INPUT0' for model 'identity_fp32'. Expected [-1,16], got [1,15]",
+        "[request id: <id_unknown>] unexpected shape for input 'INPUT0' for model 'identity_fp32'. Expected [-1,16], got [1,15]. NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size.",
     );
     assert_grpc_serving(&mut client).await;
 
@@ -536,7 +536,7 @@ async fn model_infer_errors_map_to_status_codes() {
             .model_infer(fp32_raw_request(9, &ramp(144, 0.0)))
             .await,
         Code::InvalidArgument,
-        "inference request batch-size must be <= 8 for 'identity_fp32'",
+        "[request id: <id_unknown>] inference request batch-size must be <= 8 for 'identity_fp32'",
     );
     assert_grpc_serving(&mut client).await;
 
@@ -616,7 +616,7 @@ async fn raw_content_size_mismatch_uses_tritons_text() {
     assert_status(
         client.model_infer(request).await,
         Code::InvalidArgument,
-        "input byte size mismatch for input 'INPUT0' for model 'identity_fp32'. Expected 64, got 60",
+        "[request id: <id_unknown>] input byte size mismatch for input 'INPUT0' for model 'identity_fp32'. Expected 64, got 60",
     );
     assert_grpc_serving(&mut client).await;
     server.shutdown().await.unwrap();

@@ -333,7 +333,7 @@ ensemble_scheduling { step [
         .await;
     reply.assert_error(
         400,
-        "in ensemble 'loose', unexpected shape for input 'INPUT' for model 'iris_classifier'. Expected [-1,4], got [1,3]",
+        "in ensemble 'loose', [request id: <id_unknown>] unexpected shape for input 'INPUT' for model 'iris_classifier'. Expected [-1,4], got [1,3]. NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size.",
     );
     let ok = server
         .infer_json("loose", &fp32_request("X", &[1, 4], &[5.1, 3.5, 1.4, 0.2]))

@@ -90,6 +90,12 @@ pub const PERF_ANALYZER: Suite = Suite {
     title: "perf_analyzer tests",
     kind: Kind::Tool,
 };
+/// Real Triton (2.51, from the nvidia-pytriton wheel) answering the same requests as Nereid.
+pub const TRITON: Suite = Suite {
+    id: "triton",
+    title: "differential tests against Triton",
+    kind: Kind::Tool,
+};
 /// Anything that needs a CUDA GPU.
 pub const GPU: Suite = Suite {
     id: "gpu",
