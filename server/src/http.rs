@@ -106,8 +106,13 @@ enum Route {
     CudaSharedMemoryStatus(Option<String>),
     CudaSharedMemoryRegister(Option<String>),
     CudaSharedMemoryUnregister,
-    /// The logging extension: `None` reads the settings, `Some` changes them.
+    /// The logging extension: `update` is false to read the settings, true to change them.
     Logging {
+        update: bool,
+    },
+    /// The trace extension, globally or for one model.
+    TraceSetting {
+        model: Option<String>,
         update: bool,
     },
 }
@@ -141,6 +146,7 @@ impl Route {
             | Route::CudaSharedMemoryRegister(_)
             | Route::CudaSharedMemoryUnregister => Api::SharedMemory,
             Route::Logging { .. } => Api::Logging,
+            Route::TraceSetting { .. } => Api::Trace,
         }
     }
 }
@@ -200,6 +206,31 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
                 "register" => post(Route::SharedMemoryRegister(region)),
                 "unregister" => post(Route::SharedMemoryUnregister(region)),
                 _ => Ok(None),
+            }
+        }
+        ["v2", "trace", "setting"] => match *method {
+            Method::GET => Ok(Some(Route::TraceSetting {
+                model: None,
+                update: false,
+            })),
+            Method::POST => Ok(Some(Route::TraceSetting {
+                model: None,
+                update: true,
+            })),
+            _ => Err(WrongMethod),
+        },
+        ["v2", "models", m, "trace", "setting"] if !m.is_empty() => {
+            let model = Some(decode(m));
+            match *method {
+                Method::GET => Ok(Some(Route::TraceSetting {
+                    model,
+                    update: false,
+                })),
+                Method::POST => Ok(Some(Route::TraceSetting {
+                    model,
+                    update: true,
+                })),
+                _ => Err(WrongMethod),
             }
         }
         ["v2", "logging"] => match *method {
@@ -386,6 +417,32 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
         // Nothing can be registered, so there is nothing to unregister (NVIDIA's clients
         // unregister both kinds when they finish).
         Route::CudaSharedMemoryUnregister => empty(StatusCode::OK),
+        Route::TraceSetting { model, update } => {
+            if let Some(m) = &model {
+                if !infer.model_ready(m, "") {
+                    return Err(Error::invalid_arg(format!(
+                        "Request for unknown model : {m}"
+                    )));
+                }
+            }
+            let tracer = infer.tracer();
+            let settings = if update {
+                let body = read_body(request, state.max_input_size, state.body_timeout).await?;
+                tracer.update(model.as_deref(), &trace_update(&body)?)?
+            } else {
+                tracer.settings(model.as_deref())
+            };
+            let mut body = serde_json::Map::new();
+            for (name, values) in crate::trace::report(&settings) {
+                let value = if name == "trace_level" {
+                    serde_json::json!(values)
+                } else {
+                    serde_json::json!(values.into_iter().next().unwrap_or_default())
+                };
+                body.insert(name.into(), value);
+            }
+            json_response(StatusCode::OK, serde_json::Value::Object(body).to_string())
+        }
         Route::Logging { update } => {
             let control = infer.log_control();
             let settings = if update {
@@ -761,6 +818,71 @@ async fn infer_route(
         .map_err(|e| Error::internal(format!("failed to build the response: {e}")))
 }
 
+/// A trace extension request body: settings as strings (`trace_level` as an array of them),
+/// `null` returning a model's setting to the global value.
+fn trace_update(body: &[u8]) -> Result<crate::trace::TraceUpdate, Error> {
+    use crate::trace::{parse_levels, parse_number};
+    let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}"))
+        })?
+    };
+    let text = |name: &str| -> Result<Option<Option<String>>, Error> {
+        match json.get(name) {
+            None => Ok(None),
+            Some(serde_json::Value::Null) => Ok(Some(None)),
+            Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
+            Some(_) => Err(Error::invalid_arg(format!(
+                "Unable to parse '{name}', expecting a string"
+            ))),
+        }
+    };
+    let timestamps = match json.get("trace_level") {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::Array(levels)) => {
+            let levels = levels
+                .iter()
+                .map(|l| {
+                    l.as_str().map(str::to_string).ok_or_else(|| {
+                        Error::invalid_arg("Unable to parse 'trace_level', expecting strings")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(Some(parse_levels(&levels)?))
+        }
+        Some(_) => {
+            return Err(Error::invalid_arg(
+                "Unable to parse 'trace_level', expecting an array of strings",
+            ))
+        }
+    };
+    let ranged = |name: &str, low: i64, high: i64| -> Result<Option<Option<i64>>, Error> {
+        let value = text(name)?
+            .map(|v| v.map(|v| parse_number::<i64>(name, &v)).transpose())
+            .transpose()?;
+        if let Some(Some(v)) = value {
+            if v < low || v > high {
+                return Err(Error::invalid_arg(format!(
+                    "Unable to parse '{name}', value is out of range [ {low}, {high} ], got: {v}"
+                )));
+            }
+        }
+        Ok(value)
+    };
+    // In range by the checks above.
+    let unsigned = |v: Option<Option<i64>>| v.map(|v| v.map(|v| v as u32));
+    Ok(crate::trace::TraceUpdate {
+        timestamps,
+        rate: unsigned(ranged("trace_rate", 1, i64::from(u32::MAX))?),
+        count: ranged("trace_count", -1, i64::from(i32::MAX))?.map(|v| v.map(|v| v as i32)),
+        log_frequency: unsigned(ranged("log_frequency", 0, i64::from(u32::MAX))?),
+        file: text("trace_file")?.flatten(),
+    })
+}
+
 /// A logging extension request body: each known setting optional, `null` meaning unchanged.
 fn log_update(body: &[u8]) -> Result<crate::logging::LogUpdate, Error> {
     let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
@@ -973,6 +1095,7 @@ mod tests {
                     | Route::CudaSharedMemoryRegister(_)
                     | Route::CudaSharedMemoryUnregister => "cuda-shm",
                     Route::Logging { .. } => "logging",
+                    Route::TraceSetting { .. } => "trace",
                 })
             })
             .map_err(|_| ())

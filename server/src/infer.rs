@@ -20,7 +20,7 @@ use crate::shared_memory::SharedMemory;
 use crate::stats::{ExecutionTimes, FailureReason};
 
 /// Extensions of the protocol this server implements, as listed in server metadata.
-pub const EXTENSIONS: [&str; 8] = [
+pub const EXTENSIONS: [&str; 9] = [
     "classification",
     "model_repository",
     "model_repository(unload_dependents)",
@@ -29,6 +29,7 @@ pub const EXTENSIONS: [&str; 8] = [
     "binary_tensor_data",
     "statistics",
     "logging",
+    "trace",
 ];
 
 /// The error every load/unload call gets outside explicit model control mode (Triton's text).
@@ -51,6 +52,8 @@ pub struct Infer {
     response_cache: Option<Arc<crate::cache::ResponseCache>>,
     /// The logging extension's settings.
     log_control: Arc<crate::logging::LogControl>,
+    /// The trace extension's sampling and files.
+    tracer: Arc<crate::trace::Tracer>,
 }
 
 /// How a request got its outputs.
@@ -75,7 +78,23 @@ impl Infer {
             shared_memory: Arc::default(),
             response_cache: None,
             log_control: Arc::default(),
+            tracer: Arc::default(),
         }
+    }
+
+    pub fn with_tracer(mut self, tracer: Arc<crate::trace::Tracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// The trace extension's settings and sampler.
+    pub fn tracer(&self) -> &crate::trace::Tracer {
+        &self.tracer
+    }
+
+    /// Writes the traces taken but not yet written (shutdown).
+    pub fn flush_traces(&self) {
+        self.tracer.flush();
     }
 
     pub fn with_log_control(mut self, control: Arc<crate::logging::LogControl>) -> Self {
@@ -274,6 +293,9 @@ impl Infer {
         mut request: InferRequest,
     ) -> Result<InferResponse, Error> {
         let started = Instant::now();
+        let trace = self.tracer.sample(&model.name);
+        let traced_id = trace.as_ref().map(|_| request.id.clone());
+        let mut phases = None;
         let result = async {
             self.read_input_regions(model, &mut request)
                 .map_err(|err| (err, FailureReason::Other))?;
@@ -330,7 +352,21 @@ impl Infer {
                         times: ExecutionTimes::default(),
                     }
                 }
-                None => model.execute(prepared).await.map_err(|err| {
+                None => {
+                    let queue_start = started.elapsed();
+                    let executed = model.execute(prepared).await;
+                    if let Ok(executed) = &executed {
+                        phases = Some(crate::trace::Phases {
+                            queue_start,
+                            queue: executed.queue,
+                            compute_input: executed.times.compute_input,
+                            compute_infer: executed.times.compute_infer,
+                            compute_output: executed.times.compute_output,
+                        });
+                    }
+                    executed
+                }
+                .map_err(|err| {
                     let reason = match err.code {
                         Code::Unavailable => FailureReason::Rejected,
                         Code::Cancelled => FailureReason::Canceled,
@@ -361,6 +397,10 @@ impl Infer {
             ))
         }
         .await;
+        if let (Some(trace), Some(id)) = (trace, traced_id) {
+            self.tracer
+                .finish(trace, &model.name, model.version, &id, phases);
+        }
         match result {
             Ok((outputs, answered)) => {
                 match answered {

@@ -31,6 +31,7 @@ pub mod restrict;
 pub mod scheduler;
 pub mod shared_memory;
 pub mod stats;
+pub mod trace;
 mod warmup;
 
 use std::future::{Future, IntoFuture};
@@ -81,6 +82,8 @@ pub struct ServeConfig {
     /// logging extension); without a hook the settings are reported but change nothing.
     pub log_settings: logging::LogSettings,
     pub log_hook: Option<logging::LogHook>,
+    /// The trace extension's settings at start (`--trace-config`).
+    pub trace: trace::TraceSettings,
     /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
     /// size limits); see [`model::VersionSettings::max_queue_wait`].
     pub max_queue_wait: Option<Duration>,
@@ -114,6 +117,7 @@ impl ServeConfig {
             response_cache_bytes: None,
             log_settings: logging::LogSettings::default(),
             log_hook: None,
+            trace: trace::TraceSettings::default(),
             triggers: None,
         }
     }
@@ -201,6 +205,7 @@ pub async fn start(
     };
     let infer = Infer::new(registry, config.strict_readiness)
         .with_response_cache(response_cache)
+        .with_tracer(Arc::new(trace::Tracer::new(config.trace.clone())))
         .with_log_control(Arc::new(logging::LogControl::new(
             config.log_settings,
             config.log_hook.clone(),
@@ -295,7 +300,10 @@ pub async fn start(
             .set_not_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
             .await;
         let _ = stop_tx.send(true);
-        match tokio::time::timeout(exit_timeout, servers).await {
+        let finished = tokio::time::timeout(exit_timeout, servers).await;
+        // Traces not written yet go to their files now.
+        draining.flush_traces();
+        match finished {
             Ok(joined) => joined.context("server task panicked")?,
             Err(_) => {
                 tracing::warn!(

@@ -172,6 +172,13 @@ struct ServeArgs {
           value_parser = nereid_server::cache::parse_cache_setting)]
     cache_config: Option<u64>,
 
+    /// Request tracing, Triton's spelling, repeatable: `triton,file=PATH` (where traces are
+    /// written; required to trace), `triton,log-frequency=N`, `level=OFF|TIMESTAMPS`, `rate=N`,
+    /// `count=N` (see the trace extension in the README).
+    #[arg(long = "trace-config", env = "NEREID_TRACE_CONFIG", value_name = "[triton,]KEY=VALUE",
+          value_parser = check_trace_config)]
+    trace_config: Vec<String>,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "NEREID_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     exit_timeout_secs: u64,
@@ -261,6 +268,12 @@ struct ServeArgs {
     trigger_record_dir: PathBuf,
 }
 
+/// Checks one `--trace-config` value when the arguments are parsed.
+fn check_trace_config(value: &str) -> Result<String, String> {
+    nereid_server::trace::apply_trace_config(&mut Default::default(), value)?;
+    Ok(value.to_string())
+}
+
 impl From<ServeArgs> for ServeConfig {
     fn from(a: ServeArgs) -> Self {
         ServeConfig {
@@ -292,6 +305,16 @@ impl From<ServeArgs> for ServeConfig {
             },
             http_body_timeout: Duration::from_secs(a.http_body_timeout_secs.max(1)),
             response_cache_bytes: a.cache_config.filter(|bytes| *bytes > 0),
+            trace: {
+                let mut trace = nereid_server::trace::TraceSettings::default();
+                for value in &a.trace_config {
+                    // Each value was checked when the arguments were parsed.
+                    if let Err(err) = nereid_server::trace::apply_trace_config(&mut trace, value) {
+                        tracing::warn!(%err, "ignored a --trace-config value");
+                    }
+                }
+                trace
+            },
             // Set by `main`, which owns the process's log subscriber.
             log_settings: nereid_server::logging::LogSettings::default(),
             log_hook: None,

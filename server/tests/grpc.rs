@@ -888,24 +888,16 @@ async fn repository_index_and_model_control() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unimplemented_rpcs_name_themselves() {
+async fn refused_extension_calls_say_why() {
     let server = TestServer::start_default().await;
     let mut client = server.grpc_client().await;
-    let check = |rpc: &str, status: tonic::Status| {
-        assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status:?}");
-        assert!(
-            status.message().contains(rpc),
-            "{rpc} named in {:?}",
-            status.message()
-        );
-    };
-    // System shared memory is implemented (tests/shared_memory.rs); an unnamed region is
-    // refused as Triton refuses it.
+    // An unnamed system shared-memory region is refused as Triton refuses it.
     let status = client
         .system_shared_memory_register(SystemSharedMemoryRegisterRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    // CUDA shared memory cannot be registered (no CUDA IPC), and says so.
     let status = client
         .cuda_shared_memory_register(CudaSharedMemoryRegisterRequest {
             name: "gpu".into(),
@@ -917,12 +909,24 @@ async fn unimplemented_rpcs_name_themselves() {
     assert!(status
         .message()
         .contains("CUDA shared memory is not supported"));
-    check(
-        "TraceSetting",
-        client
-            .trace_setting(TraceSettingRequest::default())
-            .await
-            .unwrap_err(),
+    // Tracing needs a trace file from --trace-config.
+    let status = client
+        .trace_setting(TraceSettingRequest {
+            settings: [(
+                "trace_level".to_string(),
+                trace_setting_request::SettingValue {
+                    value: vec!["TIMESTAMPS".into()],
+                },
+            )]
+            .into(),
+            model_name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("trace file is not set"),
+        "{status:?}"
     );
     assert_grpc_serving(&mut client).await;
     server.shutdown().await.unwrap();

@@ -117,6 +117,10 @@ HTTP_CASES = {
     "register without key": (
         "POST", "/v2/systemsharedmemory/region/r/register", b'{"byte_size": 8}', {}),
     "logging settings": ("GET", "/v2/logging", None, {}),
+    "trace settings": ("GET", "/v2/trace/setting", None, {}),
+    "model trace settings": ("GET", "/v2/models/identity_fp32/trace/setting", None, {}),
+    "trace file over the network": (
+        "POST", "/v2/trace/setting", b'{"trace_file": "/tmp/x.json"}', {}),
 }
 
 # Cases where Nereid answers differently on purpose (or where Triton 2.51 has a bug): the
