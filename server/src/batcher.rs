@@ -80,6 +80,31 @@ impl Policy {
     pub fn from_config(config: &ModelConfig) -> Result<Self, String> {
         let m = &config.name;
         let max_batch_size = config.max_batch_size.max(1) as usize;
+        if let Some(sb) = crate::sequence::sequence_batching(config) {
+            // Requests of different sequences batch together under the strategy's delay.
+            use nereid_protocol::inference::model_sequence_batching::StrategyChoice;
+            let (delay, preferred) = match &sb.strategy_choice {
+                Some(StrategyChoice::Oldest(o)) => (
+                    o.max_queue_delay_microseconds,
+                    o.preferred_batch_size
+                        .iter()
+                        .filter(|p| **p >= 1 && **p as usize <= max_batch_size)
+                        .map(|p| *p as usize)
+                        .collect(),
+                ),
+                Some(StrategyChoice::Direct(d)) => (d.max_queue_delay_microseconds, Vec::new()),
+                None => (0, Vec::new()),
+            };
+            return Ok(Policy {
+                batching: config.max_batch_size > 0,
+                max_batch_size,
+                preferred,
+                max_delay: Duration::from_micros(delay),
+                preserve_ordering: false,
+                levels: vec![QueuePolicy::default()],
+                default_level: 0,
+            });
+        }
         let Some(db) = config.dynamic_batching() else {
             return Ok(Policy {
                 batching: false,

@@ -299,9 +299,26 @@ impl Infer {
         let result = async {
             self.read_input_regions(model, &mut request)
                 .map_err(|err| (err, FailureReason::Other))?;
-            let prepared = model
+            // A stateful model: wait for this request's turn in its sequence.
+            let held = match &model.sequences {
+                Some(sequences) => {
+                    let flags = crate::sequence::flags(&request, &model.name)
+                        .map_err(|err| (err, FailureReason::Other))?;
+                    Some(
+                        sequences
+                            .hold(flags, &model.name)
+                            .await
+                            .map_err(|err| (err, FailureReason::Other))?,
+                    )
+                }
+                None => None,
+            };
+            let mut prepared = model
                 .prepare(&mut request)
                 .map_err(|err| (err, FailureReason::Other))?;
+            if let (Some(sequences), Some(held)) = (&model.sequences, &held) {
+                prepared.inputs.extend(sequences.extra_tensors(held));
+            }
             // The response cache: a hit answers now; a miss is stored once answered.
             let cached = model.response_cache.as_ref().map(|cache| {
                 let looked_up = Instant::now();
@@ -375,6 +392,12 @@ impl Infer {
                     (err, reason)
                 })?,
             };
+            let mut executed = executed;
+            if let (Some(sequences), Some(held)) = (&model.sequences, held) {
+                sequences
+                    .finish(held, &mut executed.outputs, &model.name)
+                    .map_err(|err| (err, FailureReason::Other))?;
+            }
             if let Some((monitor, tap)) = tap {
                 monitor.offer(tap, &request.id, &executed.outputs);
             }

@@ -29,6 +29,7 @@ pub mod remote;
 pub mod repository;
 pub mod restrict;
 pub mod scheduler;
+pub mod sequence;
 pub mod shared_memory;
 pub mod stats;
 pub mod trace;

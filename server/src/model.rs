@@ -53,6 +53,8 @@ pub struct ModelVersion {
     /// Drift and data-quality monitoring, prediction log and feedback (when the version has a
     /// `reference.json` or the config turns monitoring on).
     pub monitor: Option<Arc<VersionMonitor>>,
+    /// The open sequences of a stateful model (`sequence_batching`).
+    pub sequences: Option<Arc<crate::sequence::Sequences>>,
     /// The response cache, when the config enables it and the server has one.
     pub response_cache: Option<Arc<crate::cache::ResponseCache>>,
     /// This load of the version, in response cache keys (see [`crate::cache::next_load_id`]).
@@ -172,6 +174,16 @@ impl ModelVersion {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let sequences =
+            crate::sequence::SequenceSpec::from_config(&config).map_err(Error::invalid_arg)?;
+        if sequences.as_ref().is_some_and(|s| s.adds_tensors())
+            && !crate::backend::onnx::is_onnx(&config)
+        {
+            return Err(Error::invalid_arg(format!(
+                "model '{name}': sequence_batching control inputs and state need a backend that takes them as inputs (onnxruntime), not '{}'",
+                config.backend
+            )));
+        }
         let stats = Arc::new(ModelStats::default());
         let mut device = None;
         let executor = if config.platform == "ensemble" {
@@ -189,8 +201,13 @@ impl ModelVersion {
                 .map(|placement| backend::create(&ctx, placement))
                 .collect::<Result<Vec<_>, _>>()?;
             let batching = config.max_batch_size > 0;
-            let warmups =
+            let mut warmups =
                 warmup::requests(&config.model_warmup, &inputs, batching, &ctx.version_dir)?;
+            if let Some(spec) = &sequences {
+                for warm in &mut warmups {
+                    warm.inputs.extend(spec.warmup_tensors());
+                }
+            }
             for instance in &mut instances {
                 for warm in &warmups {
                     for _ in 0..warm.count {
@@ -227,7 +244,12 @@ impl ModelVersion {
             );
         }
         Ok(ModelVersion {
-            response_cache: settings.response_cache.clone().filter(|_| wants_cache),
+            // A cached answer would skip the sequence's state: sequence models are not cached.
+            response_cache: settings
+                .response_cache
+                .clone()
+                .filter(|_| wants_cache && sequences.is_none()),
+            sequences: sequences.map(|spec| Arc::new(crate::sequence::Sequences::new(spec))),
             load_id: crate::cache::next_load_id(),
             name,
             version,

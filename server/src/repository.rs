@@ -338,6 +338,7 @@ pub fn validate(config: &ModelConfig) -> Result<(), String> {
             "ensemble scheduling cannot be set for model '{m}' whose platform is not ensemble"
         ));
     }
+    crate::sequence::SequenceSpec::from_config(config)?;
     if let Some((field, why)) = unsupported_field(config) {
         return Err(format!(
             "model '{m}': config field '{field}' is not supported by Nereid ({why}); remove it to load the model"
@@ -354,14 +355,7 @@ pub fn validate(config: &ModelConfig) -> Result<(), String> {
 /// `ensemble_scheduling.max_inflight_requests`) load and are ignored (README, "Model
 /// configuration").
 pub fn unsupported_field(config: &ModelConfig) -> Option<(String, &'static str)> {
-    use nereid_protocol::inference::model_config::SchedulingChoice;
     let found = |field: String, why: &'static str| Some((field, why));
-    if let Some(SchedulingChoice::SequenceBatching(_)) = &config.scheduling_choice {
-        return found(
-            "sequence_batching".into(),
-            "stateful models and their control inputs are not implemented",
-        );
-    }
     if config
         .model_transaction_policy
         .as_ref()
@@ -613,8 +607,6 @@ input [ { name: "I" data_type: TYPE_FP32 dims: [2] } ]
 output [ { name: "O" data_type: TYPE_FP32 dims: [2] } ]
 "#;
         let refused = [
-            ("sequence_batching { max_sequence_idle_microseconds: 5000000 }", "sequence_batching"),
-            ("sequence_batching { direct { } }", "sequence_batching"),
             ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
             (
                 r#"batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "L" data_type: TYPE_INT32 source_input: "I" } ]"#,
@@ -671,6 +663,7 @@ output [ { name: "O" data_type: TYPE_FP32 dims: [2] } ]
             "model_transaction_policy { decoupled: false }",
             "response_cache { enable: false }",
             "response_cache { enable: true }",
+            "sequence_batching { max_sequence_idle_microseconds: 5000000 direct { } }",
         ];
         for extra in ignored {
             let c = parse(&format!("{base}{extra}"));

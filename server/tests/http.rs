@@ -1104,19 +1104,20 @@ async fn unavailable_models_are_reported_while_others_serve() {
         .unwrap()
         .to_string();
     assert!(broken_reason.contains("config.pbtxt"), "{broken_reason}");
-    assert_eq!(state("stateful", ""), "UNAVAILABLE");
-    let stateful_reason = index
+    assert_eq!(state("decoupled", ""), "UNAVAILABLE");
+    let decoupled_reason = index
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["name"] == "stateful")
+        .find(|r| r["name"] == "decoupled")
         .unwrap()["reason"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(
-        stateful_reason.contains("config field 'sequence_batching' is not supported"),
-        "{stateful_reason}"
+        decoupled_reason
+            .contains("config field 'model_transaction_policy.decoupled' is not supported"),
+        "{decoupled_reason}"
     );
 
     let ready_only = server

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 /// Every model make_models.py writes, and whether it must load.
 const MODELS: &[(&str, bool)] = &[
+    ("accumulate", true),
     ("bad_reshape", false),
     ("double", true),
     ("double_then_pick", true),
@@ -324,6 +325,8 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
     );
     assert_eq!(output("INDEX"), Some(json!([1, 2])), "{reply}");
 
+    sequences_carry_their_state(&client, &served).await;
+
     // The ONNX export computes what the candle model computes, on every Iris row.
     let rows = common::iris();
     let mut worst = 0f64;
@@ -599,4 +602,78 @@ fn mlp_exports() -> Vec<(String, nereid_pipeline::DenseModel, Vec<f32>)> {
             (format!("mlp_{hidden}_{output}"), model, rows)
         })
         .collect()
+}
+
+/// The sequence batcher on `accumulate` (a running sum in implicit state, and the correlation
+/// id echoed): interleaved sequences keep their own sums, requests of one sequence sent at once
+/// still run one after another, and Triton's errors for a missing START, a missing correlation
+/// id, an ended sequence and an idle one.
+async fn sequences_carry_their_state(client: &reqwest::Client, served: &Served) {
+    let step = |id: Value, value: f32, start: bool, end: bool| {
+        json!({"parameters": {"sequence_id": id, "sequence_start": start, "sequence_end": end},
+               "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1],
+                           "data": [value]}]})
+    };
+    let send = |body: Value| async move { infer(client, served, "accumulate", &body).await };
+    let output = |reply: &Value, name: &str| {
+        reply["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == name))
+            .map(|o| o["data"][0].clone())
+            .unwrap_or_else(|| panic!("no {name} in {reply}"))
+    };
+    for (id, value, start, end, sum) in [
+        (11, 1.0, true, false, 1.0),
+        (12, 10.0, true, false, 10.0),
+        (11, 2.0, false, false, 3.0),
+        (12, 20.0, false, false, 30.0),
+        (11, 3.0, false, true, 6.0),
+    ] {
+        let (status, reply) = send(step(json!(id), value, start, end)).await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(output(&reply, "OUTPUT"), json!(sum), "{reply}");
+        assert_eq!(output(&reply, "CORRID_OUT"), json!(id), "{reply}");
+        let names: Vec<&Value> = reply["outputs"]
+            .as_array()
+            .map(|o| o.iter().map(|o| &o["name"]).collect())
+            .unwrap_or_default();
+        assert_eq!(names.len(), 2, "the state output is not returned: {reply}");
+    }
+    // Four requests of sequence 12 at once: each still sees the one before.
+    let replies =
+        futures_util::future::join_all((0..4).map(|_| send(step(json!(12), 1.0, false, false))))
+            .await;
+    let mut sums: Vec<f64> = replies
+        .iter()
+        .map(|(status, reply)| {
+            assert_eq!(*status, 200, "{reply}");
+            output(reply, "OUTPUT").as_f64().expect("a number")
+        })
+        .collect();
+    sums.sort_by(f64::total_cmp);
+    assert_eq!(sums, [31.0, 32.0, 33.0, 34.0]);
+
+    let error = |reply: &Value| reply["error"].as_str().unwrap_or_default().to_string();
+    let (status, reply) = send(step(json!(11), 1.0, false, false)).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error(&reply),
+        "inference request for sequence 11 to model 'accumulate' must specify the START flag on the first request of the sequence"
+    );
+    let (status, reply) = send(json!({"inputs": [{"name": "INPUT", "datatype": "FP32",
+                                                   "shape": [1, 1], "data": [1.0]}]}))
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error(&reply),
+        "inference request to model 'accumulate' must specify a non-zero or non-empty correlation ID"
+    );
+    // A string correlation id, and a sequence that goes idle (300 ms) ends.
+    let (status, reply) = send(step(json!("user-7"), 5.0, true, false)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(output(&reply, "OUTPUT"), json!(5.0));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, reply) = send(step(json!("user-7"), 5.0, false, false)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(error(&reply).contains("sequence user-7"), "{reply}");
 }

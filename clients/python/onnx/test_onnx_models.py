@@ -127,3 +127,30 @@ def test_classification_of_an_onnx_ml_model(transport):
     assert list(result.as_numpy("LABEL")) == [0, 2]
     top = [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("SCORES").flatten()]
     assert [t.split(":")[1] for t in top] == ["0", "2"], top
+
+
+def test_sequences_keep_a_running_sum(transport):
+    """tritonclient's sequence arguments drive the sequence batcher: each transport gets its
+    own correlation id (an integer on HTTP, a string on gRPC), and the implicit state carries the
+    sum from one request to the next."""
+    kind, _, client, _ = transport
+    sequence_id = {"http-binary": 101, "http-json": 102, "grpc": "seq-grpc"}[kind]
+    sums = []
+    for i, value in enumerate([1.5, 2.0, 4.0]):
+        result = client.infer(
+            "accumulate",
+            [_input(transport, "INPUT", np.array([[value]], np.float32), "FP32")],
+            outputs=[_output(transport, "OUTPUT")],
+            sequence_id=sequence_id,
+            sequence_start=(i == 0),
+            sequence_end=(i == 2),
+        )
+        sums.append(float(result.as_numpy("OUTPUT")[0][0]))
+    assert sums == [1.5, 3.5, 7.5]
+    # The sequence ended: another request without START is refused.
+    with pytest.raises(Exception, match="must specify the START flag"):
+        client.infer(
+            "accumulate",
+            [_input(transport, "INPUT", np.array([[1.0]], np.float32), "FP32")],
+            sequence_id=sequence_id,
+        )

@@ -530,13 +530,13 @@ pub fn faulty_repo() -> Repo {
     let labels = std::fs::read(iris.join("labels.txt")).expect("iris labels");
     Repo::new()
         .model("broken", "name: \"broken\"\ninput [ { name: ", &[1])
-        // A stateful model: Nereid has no sequence batcher, so it must not load as stateless.
+        // A decoupled model: Nereid answers each request once, so it must not load.
         .model(
-            "stateful",
-            "name: \"stateful\"\nbackend: \"identity\"\nmax_batch_size: 4\n\
+            "decoupled",
+            "name: \"decoupled\"\nbackend: \"identity\"\nmax_batch_size: 4\n\
              input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
              output [ { name: \"OUTPUT0\" data_type: TYPE_FP32 dims: [ 1 ] } ]\n\
-             sequence_batching { max_sequence_idle_microseconds: 5000000 }\n",
+             model_transaction_policy { decoupled: true }\n",
             &[1],
         )
         .model("partial", &config, &[1, 2])

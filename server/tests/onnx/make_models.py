@@ -168,6 +168,33 @@ path = save("lookup", model([helper.make_node("Gather", ["table", "INDEX"], ["VA
             'output [{ name: "VALUE" data_type: TYPE_FP32 dims: [-1] }]\n')
 add_case("lookup", path, {"INDEX": np.array([2, 0], np.int64)}, {"INDEX": "INT64", "VALUE": "FP32"})
 
+# A stateful model for the sequence batcher: a running sum per sequence in implicit state, and
+# the correlation id it was given, echoed.
+value_in = helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["N", 1])
+state_in = helper.make_tensor_value_info("STATE_IN", TensorProto.FLOAT, ["N", 1])
+corrid = helper.make_tensor_value_info("CORRID", TensorProto.UINT64, ["N", 1])
+total = helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["N", 1])
+state_out = helper.make_tensor_value_info("STATE_OUT", TensorProto.FLOAT, ["N", 1])
+corrid_out = helper.make_tensor_value_info("CORRID_OUT", TensorProto.UINT64, ["N", 1])
+save("accumulate", model(
+    [helper.make_node("Add", ["INPUT", "STATE_IN"], ["SUM"]),
+     helper.make_node("Identity", ["SUM"], ["OUTPUT"]),
+     helper.make_node("Identity", ["SUM"], ["STATE_OUT"]),
+     helper.make_node("Identity", ["CORRID"], ["CORRID_OUT"])],
+    [value_in, state_in, corrid], [total, state_out, corrid_out]),
+    'name: "accumulate"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
+    'input [{ name: "INPUT" data_type: TYPE_FP32 dims: [1] }]\n'
+    'output [{ name: "OUTPUT" data_type: TYPE_FP32 dims: [1] },'
+    ' { name: "CORRID_OUT" data_type: TYPE_UINT64 dims: [1] }]\n'
+    'sequence_batching {\n'
+    ' max_sequence_idle_microseconds: 300000\n'
+    ' control_input [{ name: "CORRID" control [{ kind: CONTROL_SEQUENCE_CORRID'
+    ' data_type: TYPE_UINT64 }] }]\n'
+    ' state [{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32'
+    ' dims: [1] }]\n'
+    ' oldest { max_candidate_sequences: 4 max_queue_delay_microseconds: 2000 }\n'
+    '}\n')
+
 # An ensemble that mixes backends: double (ONNX, auto-completed config) then argmax (Nereid's).
 os.makedirs(os.path.join(REPO, "pick", "1"))
 with open(os.path.join(REPO, "pick", "config.pbtxt"), "w") as f:

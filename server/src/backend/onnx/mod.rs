@@ -138,10 +138,21 @@ pub fn autocomplete(config: &mut ModelConfig, io: &GraphIo) -> Result<(), String
             shape: i.reshape.as_ref().map_or(&i.dims, |r| &r.shape),
         });
         check_declared(&m, "input", declared, &io.inputs, batching)?;
+        // The sequence batcher supplies a stateful model's control and state inputs.
+        let supplied: Vec<String> = crate::sequence::SequenceSpec::from_config(config)
+            .ok()
+            .flatten()
+            .map(|spec| {
+                spec.extra_inputs()
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some(missing) = io
             .inputs
             .iter()
-            .find(|t| !config.input.iter().any(|i| i.name == t.name))
+            .find(|t| !config.input.iter().any(|i| i.name == t.name) && !supplied.contains(&t.name))
         {
             return Err(format!(
                 "model '{m}': the ONNX graph needs input '{}', which the configuration does not declare",
@@ -387,17 +398,41 @@ impl OnnxBackend {
                 .map(|dt| (name.to_string(), dt))
                 .ok_or_else(|| invalid(format!("tensor '{name}' has no valid datatype")))
         };
+        let mut inputs: Vec<(String, DataType)> = config
+            .input
+            .iter()
+            .map(|i| typed(&i.name, i.data_type))
+            .collect::<Result<_, _>>()?;
+        let mut outputs: Vec<(String, DataType)> = config
+            .output
+            .iter()
+            .map(|o| typed(&o.name, o.data_type))
+            .collect::<Result<_, _>>()?;
+        // A stateful model also takes its control and state inputs and gives its state
+        // outputs, after the config's own (the sequence batcher adds them in that order).
+        if let Some(spec) =
+            crate::sequence::SequenceSpec::from_config(config).map_err(Error::invalid_arg)?
+        {
+            for (name, datatype) in spec.extra_inputs() {
+                if !session.inputs().iter().any(|i| i.name() == name) {
+                    return Err(invalid(format!(
+                        "the sequence batcher's input '{name}' is not an input of the ONNX graph"
+                    )));
+                }
+                inputs.push((name, datatype));
+            }
+            for (name, datatype) in spec.extra_outputs() {
+                if !session.outputs().iter().any(|o| o.name() == name) {
+                    return Err(invalid(format!(
+                        "the state output '{name}' is not an output of the ONNX graph"
+                    )));
+                }
+                outputs.push((name, datatype));
+            }
+        }
         Ok(OnnxBackend {
-            inputs: config
-                .input
-                .iter()
-                .map(|i| typed(&i.name, i.data_type))
-                .collect::<Result<_, _>>()?,
-            outputs: config
-                .output
-                .iter()
-                .map(|o| typed(&o.name, o.data_type))
-                .collect::<Result<_, _>>()?,
+            inputs,
+            outputs,
             session,
             model: m.clone(),
         })
