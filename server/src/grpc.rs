@@ -404,7 +404,6 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<TraceSettingResponse>, Status> {
         self.restrictions
             .check_grpc(Api::Trace, request.metadata())?;
-        use crate::trace::{parse_levels, parse_number};
         let r = request.into_inner();
         let model = (!r.model_name.is_empty()).then_some(r.model_name.as_str());
         if let Some(m) = model {
@@ -413,35 +412,12 @@ impl GrpcInferenceService for GrpcService {
             }
         }
         // No values: back to the global setting.
-        let one = |name: &str| -> Option<Option<String>> {
-            r.settings.get(name).map(|v| v.value.first().cloned())
-        };
-        let ranged = |name: &str, low: i64, high: i64| -> Result<Option<Option<i64>>, Error> {
-            let value = one(name)
-                .map(|v| v.map(|v| parse_number::<i64>(name, &v)).transpose())
-                .transpose()?;
-            if let Some(Some(v)) = value {
-                if v < low || v > high {
-                    return Err(Error::invalid_arg(format!(
-                        "Unable to parse '{name}', value is out of range [ {low}, {high} ], got: {v}"
-                    )));
-                }
-            }
-            Ok(value)
-        };
-        // In range by the checks above.
-        let unsigned = |v: Option<Option<i64>>| v.map(|v| v.map(|v| v as u32));
-        let update = crate::trace::TraceUpdate {
-            timestamps: match r.settings.get("trace_level") {
-                None => None,
-                Some(v) if v.value.is_empty() => Some(None),
-                Some(v) => Some(Some(parse_levels(&v.value)?)),
-            },
-            rate: unsigned(ranged("trace_rate", 1, i64::from(u32::MAX))?),
-            count: ranged("trace_count", -1, i64::from(i32::MAX))?.map(|v| v.map(|v| v as i32)),
-            log_frequency: unsigned(ranged("log_frequency", 0, i64::from(u32::MAX))?),
-            file: one("trace_file").flatten(),
-        };
+        let update = crate::trace::update_from(
+            |name| Ok(r.settings.get(name).map(|v| v.value.first().cloned())),
+            r.settings
+                .get("trace_level")
+                .map(|v| (!v.value.is_empty()).then(|| v.value.clone())),
+        )?;
         let tracer = self.infer.tracer();
         let settings = if r.settings.is_empty() {
             tracer.settings(model)

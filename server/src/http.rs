@@ -821,7 +821,6 @@ async fn infer_route(
 /// A trace extension request body: settings as strings (`trace_level` as an array of them),
 /// `null` returning a model's setting to the global value.
 fn trace_update(body: &[u8]) -> Result<crate::trace::TraceUpdate, Error> {
-    use crate::trace::{parse_levels, parse_number};
     let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::Value::Object(Default::default())
     } else {
@@ -829,58 +828,36 @@ fn trace_update(body: &[u8]) -> Result<crate::trace::TraceUpdate, Error> {
             Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}"))
         })?
     };
-    let text = |name: &str| -> Result<Option<Option<String>>, Error> {
-        match json.get(name) {
-            None => Ok(None),
-            Some(serde_json::Value::Null) => Ok(Some(None)),
-            Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
-            Some(_) => Err(Error::invalid_arg(format!(
-                "Unable to parse '{name}', expecting a string"
-            ))),
-        }
-    };
-    let timestamps = match json.get("trace_level") {
+    let levels = match json.get("trace_level") {
         None => None,
         Some(serde_json::Value::Null) => Some(None),
-        Some(serde_json::Value::Array(levels)) => {
-            let levels = levels
+        Some(serde_json::Value::Array(levels)) => Some(Some(
+            levels
                 .iter()
                 .map(|l| {
                     l.as_str().map(str::to_string).ok_or_else(|| {
                         Error::invalid_arg("Unable to parse 'trace_level', expecting strings")
                     })
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            Some(Some(parse_levels(&levels)?))
-        }
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
         Some(_) => {
             return Err(Error::invalid_arg(
                 "Unable to parse 'trace_level', expecting an array of strings",
             ))
         }
     };
-    let ranged = |name: &str, low: i64, high: i64| -> Result<Option<Option<i64>>, Error> {
-        let value = text(name)?
-            .map(|v| v.map(|v| parse_number::<i64>(name, &v)).transpose())
-            .transpose()?;
-        if let Some(Some(v)) = value {
-            if v < low || v > high {
-                return Err(Error::invalid_arg(format!(
-                    "Unable to parse '{name}', value is out of range [ {low}, {high} ], got: {v}"
-                )));
-            }
-        }
-        Ok(value)
-    };
-    // In range by the checks above.
-    let unsigned = |v: Option<Option<i64>>| v.map(|v| v.map(|v| v as u32));
-    Ok(crate::trace::TraceUpdate {
-        timestamps,
-        rate: unsigned(ranged("trace_rate", 1, i64::from(u32::MAX))?),
-        count: ranged("trace_count", -1, i64::from(i32::MAX))?.map(|v| v.map(|v| v as i32)),
-        log_frequency: unsigned(ranged("log_frequency", 0, i64::from(u32::MAX))?),
-        file: text("trace_file")?.flatten(),
-    })
+    crate::trace::update_from(
+        |name| match json.get(name) {
+            None => Ok(None),
+            Some(serde_json::Value::Null) => Ok(Some(None)),
+            Some(serde_json::Value::String(s)) => Ok(Some(Some(s.clone()))),
+            Some(_) => Err(Error::invalid_arg(format!(
+                "Unable to parse '{name}', expecting a string"
+            ))),
+        },
+        levels,
+    )
 }
 
 /// A logging extension request body: each known setting optional, `null` meaning unchanged.

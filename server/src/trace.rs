@@ -405,6 +405,41 @@ pub fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, 
         .map_err(|_| Error::invalid_arg(format!("Unable to parse '{name}', got: {value}")))
 }
 
+/// Builds an update from the settings as both protocols send them: `value(name)` gives a
+/// setting's string (`Some(Some)`), its clearing (`Some(None)`) or its absence (`None`), and
+/// `levels` the trace level list the same way. Numbers are checked against Triton's ranges.
+pub fn update_from(
+    value: impl Fn(&str) -> Result<Option<Option<String>>, Error>,
+    levels: Option<Option<Vec<String>>>,
+) -> Result<TraceUpdate, Error> {
+    let ranged = |name: &str, low: i64, high: i64| -> Result<Option<Option<i64>>, Error> {
+        let parsed = value(name)?
+            .map(|v| v.map(|v| parse_number::<i64>(name, &v)).transpose())
+            .transpose()?;
+        if let Some(Some(v)) = parsed {
+            if v < low || v > high {
+                return Err(Error::invalid_arg(format!(
+                    "Unable to parse '{name}', value is out of range [ {low}, {high} ], got: {v}"
+                )));
+            }
+        }
+        Ok(parsed)
+    };
+    // In range by the checks above.
+    let unsigned = |v: Option<Option<i64>>| v.map(|v| v.map(|v| v as u32));
+    Ok(TraceUpdate {
+        timestamps: match levels {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(levels)) => Some(Some(parse_levels(&levels)?)),
+        },
+        rate: unsigned(ranged("trace_rate", 1, i64::from(u32::MAX))?),
+        count: ranged("trace_count", -1, i64::from(i32::MAX))?.map(|v| v.map(|v| v as i32)),
+        log_frequency: unsigned(ranged("log_frequency", 0, i64::from(u32::MAX))?),
+        file: value("trace_file")?.flatten(),
+    })
+}
+
 /// The settings as both protocols report them: name -> list of strings.
 pub fn report(settings: &TraceSettings) -> Vec<(&'static str, Vec<String>)> {
     vec![

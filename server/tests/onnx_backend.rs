@@ -503,32 +503,15 @@ async fn onnx_models_serve_as_onnx_runtime_computes_them() {
     assert!(stats["inference_count"].as_u64() >= Some(24), "{stats}");
 
     // NVIDIA's tritonclient against the same server, over HTTP (binary and JSON) and gRPC.
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let suite = Command::new("bash")
-        .arg(format!("{root}/clients/python/run-tests.sh"))
-        .env("NEREID_PYTHON_TESTS", "clients/python/onnx")
-        .env("NEREID_HTTP_URL", &served.http)
-        .env("NEREID_GRPC_URL", &served.grpc)
-        .current_dir(root)
-        .output()
-        .expect("bash runs");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&suite.stdout),
-        String::from_utf8_lossy(&suite.stderr),
+    nereid_testkit::run_python_suite(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+        &nereid_testkit::TRITONCLIENT,
+        Some("clients/python/onnx"),
+        &[
+            ("NEREID_HTTP_URL", served.http.as_ref()),
+            ("NEREID_GRPC_URL", served.grpc.as_ref()),
+        ],
     );
-    if suite.status.code() == Some(3) {
-        nereid_testkit::skip(&nereid_testkit::TRITONCLIENT, stderr.trim());
-    } else {
-        assert!(
-            suite.status.success(),
-            "tritonclient against ONNX models:\n{stdout}\n{stderr}"
-        );
-        assert!(
-            stdout.contains(" passed"),
-            "no tritonclient test ran:\n{stdout}"
-        );
-        println!("{}", stdout.lines().last().unwrap_or_default());
-    }
 
     // Without the library: the same repository serves nothing, saying how to install it.
     let scratch = dir.path().join("without");

@@ -6,7 +6,6 @@
 //! required (CI; see nereid-testkit).
 
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn nereid_answers_as_triton_does() {
@@ -19,27 +18,13 @@ fn nereid_answers_as_triton_does() {
             return;
         }
     };
-    let output = Command::new("bash")
-        .arg(format!("{root}/clients/python/run-tests.sh"))
-        .env("NEREID_BIN", env!("CARGO_BIN_EXE_nereid"))
-        .env("NEREID_PYTHON_TESTS", "clients/python/differential")
-        .env("TRITON_SERVER_DIR", triton)
-        .current_dir(root)
-        .output()
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(3) {
-        nereid_testkit::skip(&nereid_testkit::TRITON, stderr.trim());
-        return;
-    }
-    println!("{stdout}\n{stderr}");
-    assert!(
-        output.status.success(),
-        "differential suite failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.lines().any(|l| l.contains(" passed")),
-        "differential suite ran no tests:\n{stdout}"
+    nereid_testkit::run_python_suite(
+        Path::new(root),
+        &nereid_testkit::TRITON,
+        Some("clients/python/differential"),
+        &[
+            ("NEREID_BIN", env!("CARGO_BIN_EXE_nereid").as_ref()),
+            ("TRITON_SERVER_DIR", triton.as_ref()),
+        ],
     );
 }

@@ -151,6 +151,45 @@ pub fn run_installer(script: &Path) -> Result<String, String> {
     }
 }
 
+/// Runs `clients/python/run-tests.sh` (the tritonclient virtualenv's pytest) under `root`, on
+/// the test folder `tests` (the script's default when `None`), with `env` added: a skip when the
+/// script says Python is missing (exit status 3, reported for `suite`), else a failure unless
+/// pytest passed and ran something. Prints pytest's output (shown with --nocapture).
+pub fn run_python_suite(
+    root: &Path,
+    suite: &Suite,
+    tests: Option<&str>,
+    env: &[(&str, &std::ffi::OsStr)],
+) {
+    let mut command = Command::new("bash");
+    command
+        .arg(root.join("clients/python/run-tests.sh"))
+        .envs(env.iter().copied())
+        .current_dir(root);
+    if let Some(tests) = tests {
+        command.env("NEREID_PYTHON_TESTS", tests);
+    }
+    let output = command.output().expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(3) {
+        skip(suite, stderr.trim());
+        return;
+    }
+    println!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "{} failed:\n{stdout}\n{stderr}",
+        suite.title
+    );
+    // pytest's own summary ("42 passed, 1 skipped in 12.3s"): a run that collected nothing fails.
+    assert!(
+        stdout.lines().any(|l| l.contains(" passed")),
+        "{} ran no tests:\n{stdout}",
+        suite.title
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
