@@ -68,16 +68,19 @@ pub struct GrpcService {
     restrictions: Restrictions,
 }
 
+/// The service, accepting and sending messages of up to `max_message_bytes`
+/// (`--grpc-max-message-bytes`; Triton's limit, `INT32_MAX`, by default).
 pub fn service(
     infer: Infer,
     restrictions: Restrictions,
+    max_message_bytes: usize,
 ) -> GrpcInferenceServiceServer<GrpcService> {
     GrpcInferenceServiceServer::new(GrpcService {
         infer,
         restrictions,
     })
-    .max_decoding_message_size(MAX_MESSAGE_SIZE)
-    .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes)
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;

@@ -12,6 +12,7 @@
 //! timeout.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod backend;
 pub mod batcher;
 pub mod cache;
@@ -85,6 +86,18 @@ pub struct ServeConfig {
     pub log_hook: Option<logging::LogHook>,
     /// The trace extension's settings at start (`--trace-config`).
     pub trace: trace::TraceSettings,
+    /// Which front ends run (`--allow-http`, `--allow-grpc`, `--allow-metrics`).
+    pub front_ends: FrontEnds,
+    /// Addresses of the front ends' listeners that differ from `host` (`--http-address` ...).
+    pub http_address: Option<IpAddr>,
+    pub grpc_address: Option<IpAddr>,
+    pub metrics_address: Option<IpAddr>,
+    /// Largest gRPC message, received or sent, in bytes.
+    pub grpc_max_message_bytes: usize,
+    /// Logs every HTTP and gRPC request (`--access-log`).
+    pub access_log: bool,
+    /// Model versions loaded at once at start (`--model-load-thread-count`).
+    pub model_load_threads: usize,
     /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
     /// size limits); see [`model::VersionSettings::max_queue_wait`].
     pub max_queue_wait: Option<Duration>,
@@ -119,12 +132,38 @@ impl ServeConfig {
             log_settings: logging::LogSettings::default(),
             log_hook: None,
             trace: trace::TraceSettings::default(),
+            front_ends: FrontEnds::default(),
+            http_address: None,
+            grpc_address: None,
+            metrics_address: None,
+            grpc_max_message_bytes: grpc::MAX_MESSAGE_SIZE,
+            access_log: false,
+            model_load_threads: 4,
             triggers: None,
         }
     }
 }
 
-/// A server whose listeners are bound.
+/// Which front ends a server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontEnds {
+    pub http: bool,
+    pub grpc: bool,
+    pub metrics: bool,
+}
+
+impl Default for FrontEnds {
+    fn default() -> Self {
+        FrontEnds {
+            http: true,
+            grpc: true,
+            metrics: true,
+        }
+    }
+}
+
+/// A server whose listeners are bound. The address of a front end that does not run is the
+/// unspecified address with port 0.
 pub struct RunningServer {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
@@ -182,6 +221,7 @@ pub async fn start(
         monitoring: config.monitoring.clone(),
         max_queue_wait: config.max_queue_wait,
         response_cache: response_cache.clone(),
+        load_threads: config.model_load_threads,
     };
     let registry =
         tokio::task::spawn_blocking(move || ModelRegistry::open(&local, mode, &startup, settings))
@@ -214,21 +254,43 @@ pub async fn start(
         .with_remote(remote)
         .with_triggers(triggers);
 
-    let bind = |port: u16, what: &'static str| {
-        let address = SocketAddr::new(config.host, port);
+    let bind = |allowed: bool, address: Option<IpAddr>, port: u16, what: &'static str| {
+        let address = SocketAddr::new(address.unwrap_or(config.host), port);
         async move {
+            if !allowed {
+                return Ok(None);
+            }
             TcpListener::bind(address)
                 .await
+                .map(Some)
                 .with_context(|| format!("failed to bind the {what} listener on {address}"))
         }
     };
-    let http_listener = bind(config.http_port, "HTTP").await?;
-    let grpc_listener = bind(config.grpc_port, "gRPC").await?;
-    let metrics_listener = bind(config.metrics_port, "metrics").await?;
+    let allow = config.front_ends;
+    if !(allow.http || allow.grpc) {
+        anyhow::bail!(
+            "--allow-http and --allow-grpc are both false: nothing would serve inference"
+        );
+    }
+    let http_listener = bind(allow.http, config.http_address, config.http_port, "HTTP").await?;
+    let grpc_listener = bind(allow.grpc, config.grpc_address, config.grpc_port, "gRPC").await?;
+    let metrics_listener = bind(
+        allow.metrics,
+        config.metrics_address,
+        config.metrics_port,
+        "metrics",
+    )
+    .await?;
+    let address_of = |listener: &Option<TcpListener>| -> std::io::Result<SocketAddr> {
+        match listener {
+            Some(l) => l.local_addr(),
+            None => Ok(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0)),
+        }
+    };
     let (http, grpc, metrics) = (
-        http_listener.local_addr()?,
-        grpc_listener.local_addr()?,
-        metrics_listener.local_addr()?,
+        address_of(&http_listener)?,
+        address_of(&grpc_listener)?,
+        address_of(&metrics_listener)?,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -245,32 +307,49 @@ pub async fn start(
         .set_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
         .await;
 
-    let http_server = connections::serve(
-        http_listener,
-        http::router(http::HttpState {
-            infer: infer.clone(),
-            max_input_size: config.http_max_input_size,
-            body_timeout: config.http_body_timeout,
-            restrictions: Arc::new(http_restrictions),
-        }),
-        config.http_limits,
-        stopped(),
-    );
-    let grpc_limits = config.grpc_limits;
-    let grpc_server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(grpc_limits.keepalive_time))
-        .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
-        .layer(connections::UnaryBodyDeadlineLayer {
-            limit: grpc_limits.body_timeout,
-        })
-        .add_service(health_service)
-        .add_service(grpc::service(infer.clone(), grpc_restrictions))
-        .serve_with_incoming_shutdown(
-            connections::grpc_incoming(grpc_listener, grpc_limits),
+    let http_server = http_listener.map(|listener| {
+        connections::serve(
+            listener,
+            http::router(http::HttpState {
+                infer: infer.clone(),
+                max_input_size: config.http_max_input_size,
+                body_timeout: config.http_body_timeout,
+                restrictions: Arc::new(http_restrictions),
+            })
+            .layer(access_log::AccessLogLayer {
+                enabled: config.access_log,
+                protocol: "http",
+            }),
+            config.http_limits,
             stopped(),
-        );
-    let metrics_server = axum::serve(metrics_listener, metrics::router(infer.clone()))
-        .with_graceful_shutdown(stopped());
+        )
+    });
+    let grpc_limits = config.grpc_limits;
+    let grpc_server = grpc_listener.map(|listener| {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(grpc_limits.keepalive_time))
+            .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
+            .layer(connections::UnaryBodyDeadlineLayer {
+                limit: grpc_limits.body_timeout,
+            })
+            .layer(access_log::AccessLogLayer {
+                enabled: config.access_log,
+                protocol: "grpc",
+            })
+            .add_service(health_service)
+            .add_service(grpc::service(
+                infer.clone(),
+                grpc_restrictions,
+                config.grpc_max_message_bytes,
+            ))
+            .serve_with_incoming_shutdown(
+                connections::grpc_incoming(listener, grpc_limits),
+                stopped(),
+            )
+    });
+    let metrics_server = metrics_listener.map(|listener| {
+        axum::serve(listener, metrics::router(infer.clone())).with_graceful_shutdown(stopped())
+    });
     if config.model_control_mode == ControlMode::Poll {
         tokio::spawn(poll_repository(
             infer.clone(),
@@ -288,7 +367,24 @@ pub async fn start(
     let draining = infer.clone();
     let task = tokio::spawn(async move {
         let servers = tokio::spawn(async move {
-            let ((), g, m) = tokio::join!(http_server, grpc_server, metrics_server.into_future());
+            let http = async {
+                if let Some(server) = http_server {
+                    server.await;
+                }
+            };
+            let grpc = async {
+                match grpc_server {
+                    Some(server) => server.await,
+                    None => Ok(()),
+                }
+            };
+            let metrics = async {
+                match metrics_server {
+                    Some(server) => server.into_future().await,
+                    None => Ok(()),
+                }
+            };
+            let ((), g, m) = tokio::join!(http, grpc, metrics);
             g.context("gRPC server failed")?;
             m.context("metrics server failed")?;
             Ok::<_, anyhow::Error>(())
@@ -360,8 +456,10 @@ fn write_port_file(
     grpc: SocketAddr,
     metrics: SocketAddr,
 ) -> anyhow::Result<()> {
+    // A front end that does not run has no port (null).
+    let port = |address: SocketAddr| (address.port() != 0).then_some(address.port());
     let body =
-        serde_json::json!({"http": http.port(), "grpc": grpc.port(), "metrics": metrics.port()});
+        serde_json::json!({"http": port(http), "grpc": port(grpc), "metrics": port(metrics)});
     let staging = path.with_extension("tmp");
     std::fs::write(&staging, body.to_string())
         .with_context(|| format!("failed to write {}", staging.display()))?;

@@ -179,6 +179,52 @@ struct ServeArgs {
           value_parser = check_trace_config)]
     trace_config: Vec<String>,
 
+    /// Serve HTTP/REST (Triton's flag; `--allow-http false` turns it off).
+    #[arg(long, env = "NEREID_ALLOW_HTTP", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_http: bool,
+
+    /// Serve gRPC.
+    #[arg(long, env = "NEREID_ALLOW_GRPC", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_grpc: bool,
+
+    /// Serve Prometheus metrics.
+    #[arg(long, env = "NEREID_ALLOW_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_metrics: bool,
+
+    /// Address of the HTTP listener (default: --host).
+    #[arg(long, env = "NEREID_HTTP_ADDRESS")]
+    http_address: Option<IpAddr>,
+
+    /// Address of the gRPC listener (default: --host).
+    #[arg(long, env = "NEREID_GRPC_ADDRESS")]
+    grpc_address: Option<IpAddr>,
+
+    /// Address of the metrics listener (default: --host).
+    #[arg(long, env = "NEREID_METRICS_ADDRESS")]
+    metrics_address: Option<IpAddr>,
+
+    /// Largest gRPC message received or sent, in bytes (Triton's limit by default).
+    #[arg(long, env = "NEREID_GRPC_MAX_MESSAGE_BYTES", default_value_t = nereid_server::grpc::MAX_MESSAGE_SIZE)]
+    grpc_max_message_bytes: usize,
+
+    /// Log every HTTP and gRPC request (method, path, status, time) at info level.
+    #[arg(long, env = "NEREID_ACCESS_LOG")]
+    access_log: bool,
+
+    /// Model versions loaded at once at start (Triton's flag).
+    #[arg(long, env = "NEREID_MODEL_LOAD_THREAD_COUNT", default_value_t = 4)]
+    model_load_thread_count: usize,
+
+    /// Verbose logging (Triton's flag): 1 adds debug messages, 2 and more trace messages.
+    /// Overrides NEREID_LOG.
+    #[arg(long, env = "NEREID_LOG_VERBOSE", default_value_t = 0)]
+    log_verbose: u32,
+
+    /// Log line form: `default` and `ISO8601` are text lines with ISO 8601 timestamps, `json` one
+    /// JSON object per line (for log shippers).
+    #[arg(long, env = "NEREID_LOG_FORMAT", value_enum, default_value_t = LogFormat::Default)]
+    log_format: LogFormat,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "NEREID_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     exit_timeout_secs: u64,
@@ -268,6 +314,15 @@ struct ServeArgs {
     trigger_record_dir: PathBuf,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Default,
+    #[value(name = "ISO8601")]
+    Iso8601,
+    Json,
+}
+
 /// Checks one `--trace-config` value when the arguments are parsed.
 fn check_trace_config(value: &str) -> Result<String, String> {
     nereid_server::trace::apply_trace_config(&mut Default::default(), value)?;
@@ -315,6 +370,17 @@ impl From<ServeArgs> for ServeConfig {
                 }
                 trace
             },
+            front_ends: nereid_server::FrontEnds {
+                http: a.allow_http,
+                grpc: a.allow_grpc,
+                metrics: a.allow_metrics,
+            },
+            http_address: a.http_address,
+            grpc_address: a.grpc_address,
+            metrics_address: a.metrics_address,
+            grpc_max_message_bytes: a.grpc_max_message_bytes.max(1),
+            access_log: a.access_log,
+            model_load_threads: a.model_load_thread_count.max(1),
             // Set by `main`, which owns the process's log subscriber.
             log_settings: nereid_server::logging::LogSettings::default(),
             log_hook: None,
@@ -389,18 +455,38 @@ fn main() -> ExitCode {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
+    let cli = Cli::parse();
+    // `serve`'s logging flags decide the log's level and form; other commands log as NEREID_LOG
+    // says.
+    let (verbose, json) = match &cli.command {
+        Command::Serve(args) => (args.log_verbose, args.log_format == LogFormat::Json),
+        _ => (0, false),
+    };
+    let level = match verbose {
+        0 => std::env::var("NEREID_LOG").unwrap_or_else(|_| "info".to_string()),
+        1 => "debug".to_string(),
+        _ => "trace".to_string(),
+    };
     // The filter sits behind a reload layer, so that the logging extension can change it while
     // the server runs.
     let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(
-        tracing_subscriber::EnvFilter::try_from_env("NEREID_LOG")
+        tracing_subscriber::EnvFilter::try_new(&level)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
     );
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
+        let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        let lines = json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(std::io::stderr)
+        });
         tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(text)
+            .with(lines)
             .init();
     }
     let log_hook = nereid_server::logging::LogHook(std::sync::Arc::new(move |directive: &str| {
@@ -408,7 +494,6 @@ fn main() -> ExitCode {
             .reload(tracing_subscriber::EnvFilter::new(directive))
             .map_err(|e| e.to_string())
     }));
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -420,10 +505,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let mut config: nereid_server::ServeConfig = args.into();
-                config.log_settings = std::env::var("NEREID_LOG")
-                    .ok()
-                    .and_then(|level| nereid_server::logging::LogSettings::from_level(&level))
-                    .unwrap_or_default();
+                config.log_settings =
+                    nereid_server::logging::LogSettings::from_level(&level).unwrap_or_default();
                 config.log_hook = Some(log_hook);
                 let server = nereid_server::start(config, nereid_server::shutdown_signal()).await?;
                 server.wait().await

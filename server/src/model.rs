@@ -94,6 +94,8 @@ pub struct VersionSettings {
     /// The server's response cache (`--cache-config`), used by versions whose config enables
     /// `response_cache`.
     pub response_cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Model versions loaded at once when a repository is opened (`--model-load-thread-count`).
+    pub load_threads: usize,
 }
 
 /// The server-wide default of [`VersionSettings::max_queue_wait`].
@@ -108,6 +110,7 @@ impl Default for VersionSettings {
             monitoring: MonitorSettings::default(),
             max_queue_wait: Some(DEFAULT_MAX_QUEUE_WAIT),
             response_cache: None,
+            load_threads: 4,
         }
     }
 }

@@ -171,8 +171,44 @@ impl ModelRegistry {
                 tracing::error!(model = %model, "--load-model names a model that is not in the repository");
             }
         }
-        let mut map = BTreeMap::new();
-        for source in order_for_loading(sources) {
+        // Models that are not ensembles load `load_threads` at a time; ensembles then, in
+        // order, since each checks the models it composes.
+        let is_ensemble =
+            |s: &ModelSource| s.config.as_ref().is_ok_and(|c| c.platform == "ensemble");
+        let (ensembles, plain): (Vec<_>, Vec<_>) = sources.into_iter().partition(is_ensemble);
+        let empty = BTreeMap::new();
+        let queue = Mutex::new(plain.into_iter());
+        let threads = registry.settings.load_threads.max(1);
+        // Loading starts each version's scheduler on the caller's async runtime.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let loaded: Vec<ModelEntry> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let _entered = runtime.as_ref().map(|r| r.enter());
+                        let mut done = Vec::new();
+                        loop {
+                            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                            let Some(source) = next else { break };
+                            done.push(build_entry(source, None, &empty, &registry.settings));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let mut map: ModelMap = loaded
+            .into_iter()
+            .map(|entry| (entry.name.clone(), Arc::new(entry)))
+            .collect();
+        for source in order_for_loading(ensembles) {
             let entry = build_entry(source, None, &map, &registry.settings);
             map.insert(entry.name.clone(), Arc::new(entry));
         }

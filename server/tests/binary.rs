@@ -326,6 +326,112 @@ async fn the_cli_operates_a_protected_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_ends_addresses_and_logging_follow_tritons_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    for model in ["identity_fp32", "identity_bytes"] {
+        copy_dir(&Path::new(MODEL_REPO).join(model), &repo.join(model));
+    }
+    let port_file = dir.path().join("ports.json");
+    let log = dir.path().join("nereid.log");
+    let child = Command::new(NEREID)
+        .args(["serve", "--host", "0.0.0.0", "--http-address", "127.0.0.1"])
+        .args([
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .args(["--allow-grpc", "false", "--allow-metrics", "false"])
+        .args(["--access-log", "--log-format", "json", "--log-verbose", "1"])
+        .args(["--model-load-thread-count", "2"])
+        .arg("--model-repository")
+        .arg(&repo)
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--prediction-log-dir")
+        .arg(dir.path().join("log"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("serve");
+    let _server = ChildGuard(child);
+    let doc = ports(&port_file).await;
+    assert!(doc["grpc"].is_null() && doc["metrics"].is_null(), "{doc}");
+    let http = doc["http"].as_u64().expect("an HTTP port");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = |path: &str| format!("http://127.0.0.1:{http}{path}");
+    wait_for("ready", Duration::from_secs(60), async || {
+        let r = client.get(url("/v2/health/ready")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    // Both models loaded (two at a time); --log-verbose 1 is the logging extension's level 1.
+    let index: Value = client
+        .post(url("/v2/repository/index"))
+        .send()
+        .await
+        .expect("index")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        index
+            .as_array()
+            .map(|rows| rows.iter().filter(|r| r["state"] == "READY").count()),
+        Some(2),
+        "{index}"
+    );
+    let logging: Value = client
+        .get(url("/v2/logging"))
+        .send()
+        .await
+        .expect("logging")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(logging["log_verbose_level"], 1, "{logging}");
+    // Every log line is a JSON object, and the access log names each request.
+    let text = wait_for("the access log line", Duration::from_secs(10), async || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("/v2/repository/index").then_some(text)
+    })
+    .await;
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "nereid::access" && l["path"] == "/v2/repository/index")
+        .unwrap_or_else(|| panic!("no access line in {text}"));
+    assert_eq!(access["method"], "POST");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["protocol"], "http");
+
+    // Nothing to serve inference with is refused.
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "serve",
+            "--allow-http",
+            "false",
+            "--allow-grpc",
+            "false",
+            "--model-repository",
+            repo.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing would serve inference"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_then_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");

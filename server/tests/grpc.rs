@@ -1052,3 +1052,25 @@ async fn messages_larger_than_four_mib() {
     assert_grpc_serving(&mut client).await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_beyond_the_configured_size_are_refused() {
+    let repo = Repo::new();
+    let config = nereid_server::ServeConfig {
+        grpc_max_message_bytes: 1024,
+        ..nereid_server::ServeConfig::for_tests(repo.path())
+    };
+    let server = TestServer::start_with(config, Some(repo)).await;
+    let mut client = server.grpc_client().await;
+    // 8 x 16 floats: 512 bytes of tensor, within the limit.
+    assert!(client
+        .model_infer(fp32_raw_request(8, &ramp(128, 0.0)))
+        .await
+        .is_ok());
+    let mut big = fp32_raw_request(8, &ramp(128, 0.0));
+    big.id = "x".repeat(2048);
+    let status = client.model_infer(big).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_grpc_serving(&mut client).await;
+    server.shutdown().await.unwrap();
+}
