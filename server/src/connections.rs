@@ -63,8 +63,10 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: impl Future<Output = ()>,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -97,10 +99,30 @@ pub async fn serve(
             tracing::warn!(%err, "failed to set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        let Some(acceptor) = tls.clone() else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%err, "HTTP connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        // TLS: the handshake is bounded by the header timeout, then the connection is served
+        // like a plain one.
+        let (watcher, http, timeout) = (graceful.watcher(), http.clone(), limits.header_timeout);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "HTTP connection ended with an error");
+            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let connection =
+                        watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%err, "HTTPS connection ended with an error");
+                    }
+                }
+                Ok(Err(err)) => tracing::debug!(%err, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
             drop(permit);
         });

@@ -33,6 +33,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod shared_memory;
 pub mod stats;
+pub mod tls;
 pub mod trace;
 mod warmup;
 
@@ -98,6 +99,9 @@ pub struct ServeConfig {
     pub access_log: bool,
     /// Model versions loaded at once at start (`--model-load-thread-count`).
     pub model_load_threads: usize,
+    /// TLS of the HTTP and gRPC front ends (none: plain text).
+    pub http_tls: Option<tls::TlsFiles>,
+    pub grpc_tls: Option<tls::TlsFiles>,
     /// Admission limit on a request's expected wait in a model's queue (`None`: only the queue
     /// size limits); see [`model::VersionSettings::max_queue_wait`].
     pub max_queue_wait: Option<Duration>,
@@ -139,6 +143,8 @@ impl ServeConfig {
             grpc_max_message_bytes: grpc::MAX_MESSAGE_SIZE,
             access_log: false,
             model_load_threads: 4,
+            http_tls: None,
+            grpc_tls: None,
             triggers: None,
         }
     }
@@ -307,6 +313,18 @@ pub async fn start(
         .set_serving::<nereid_protocol::inference::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::GrpcService>>()
         .await;
 
+    let http_tls = config
+        .http_tls
+        .as_ref()
+        .map(|files| tls::http_config(files, "http"))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("HTTP TLS: {e}"))?;
+    let grpc_tls = config
+        .grpc_tls
+        .as_ref()
+        .map(tls::grpc_config)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("gRPC TLS: {e}"))?;
     let http_server = http_listener.map(|listener| {
         connections::serve(
             listener,
@@ -321,12 +339,19 @@ pub async fn start(
                 protocol: "http",
             }),
             config.http_limits,
+            http_tls,
             stopped(),
         )
     });
     let grpc_limits = config.grpc_limits;
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls {
+        grpc_builder = grpc_builder
+            .tls_config(tls.timeout(grpc_limits.handshake_timeout))
+            .context("gRPC TLS")?;
+    }
     let grpc_server = grpc_listener.map(|listener| {
-        tonic::transport::Server::builder()
+        grpc_builder
             .http2_keepalive_interval(Some(grpc_limits.keepalive_time))
             .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
             .layer(connections::UnaryBodyDeadlineLayer {

@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Serve a model repository over HTTP (KServe v2), gRPC (Triton's GRPCInferenceService) and
     /// Prometheus metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one inference against a server (KServe v2 over HTTP or gRPC), with tensors from
     /// JSON or `.npy` files, or inline.
     Infer(nereid_client::cli::InferArgs),
@@ -225,6 +225,46 @@ struct ServeArgs {
     #[arg(long, env = "NEREID_LOG_FORMAT", value_enum, default_value_t = LogFormat::Default)]
     log_format: LogFormat,
 
+    /// Serve gRPC over TLS (Triton's flag), with --grpc-server-cert and --grpc-server-key.
+    #[arg(long, env = "NEREID_GRPC_USE_SSL")]
+    grpc_use_ssl: bool,
+
+    /// Require client certificates signed by --grpc-root-cert (mutual TLS; Triton's flag).
+    #[arg(long, env = "NEREID_GRPC_USE_SSL_MUTUAL")]
+    grpc_use_ssl_mutual: bool,
+
+    /// The gRPC server's certificate chain (PEM).
+    #[arg(long, env = "NEREID_GRPC_SERVER_CERT")]
+    grpc_server_cert: Option<PathBuf>,
+
+    /// The gRPC server's private key (PEM).
+    #[arg(long, env = "NEREID_GRPC_SERVER_KEY")]
+    grpc_server_key: Option<PathBuf>,
+
+    /// The CA that signs client certificates (PEM), for --grpc-use-ssl-mutual.
+    #[arg(long, env = "NEREID_GRPC_ROOT_CERT")]
+    grpc_root_cert: Option<PathBuf>,
+
+    /// Serve HTTP over TLS (HTTPS), with --http-server-cert and --http-server-key.
+    #[arg(long, env = "NEREID_HTTP_USE_SSL")]
+    http_use_ssl: bool,
+
+    /// Require client certificates signed by --http-root-cert (mutual TLS).
+    #[arg(long, env = "NEREID_HTTP_USE_SSL_MUTUAL")]
+    http_use_ssl_mutual: bool,
+
+    /// The HTTP server's certificate chain (PEM).
+    #[arg(long, env = "NEREID_HTTP_SERVER_CERT")]
+    http_server_cert: Option<PathBuf>,
+
+    /// The HTTP server's private key (PEM).
+    #[arg(long, env = "NEREID_HTTP_SERVER_KEY")]
+    http_server_key: Option<PathBuf>,
+
+    /// The CA that signs client certificates (PEM), for --http-use-ssl-mutual.
+    #[arg(long, env = "NEREID_HTTP_ROOT_CERT")]
+    http_root_cert: Option<PathBuf>,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "NEREID_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     exit_timeout_secs: u64,
@@ -381,6 +421,25 @@ impl From<ServeArgs> for ServeConfig {
             grpc_max_message_bytes: a.grpc_max_message_bytes.max(1),
             access_log: a.access_log,
             model_load_threads: a.model_load_thread_count.max(1),
+            // A missing file is reported when the server starts.
+            http_tls: (a.http_use_ssl || a.http_use_ssl_mutual).then(|| {
+                nereid_server::tls::TlsFiles {
+                    cert: a.http_server_cert.clone().unwrap_or_default(),
+                    key: a.http_server_key.clone().unwrap_or_default(),
+                    client_ca: a
+                        .http_use_ssl_mutual
+                        .then(|| a.http_root_cert.clone().unwrap_or_default()),
+                }
+            }),
+            grpc_tls: (a.grpc_use_ssl || a.grpc_use_ssl_mutual).then(|| {
+                nereid_server::tls::TlsFiles {
+                    cert: a.grpc_server_cert.clone().unwrap_or_default(),
+                    key: a.grpc_server_key.clone().unwrap_or_default(),
+                    client_ca: a
+                        .grpc_use_ssl_mutual
+                        .then(|| a.grpc_root_cert.clone().unwrap_or_default()),
+                }
+            }),
             // Set by `main`, which owns the process's log subscriber.
             log_settings: nereid_server::logging::LogSettings::default(),
             log_hook: None,
@@ -504,7 +563,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let mut config: nereid_server::ServeConfig = args.into();
+                let mut config: nereid_server::ServeConfig = (*args).into();
                 config.log_settings =
                     nereid_server::logging::LogSettings::from_level(&level).unwrap_or_default();
                 config.log_hook = Some(log_hook);

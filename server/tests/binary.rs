@@ -429,6 +429,27 @@ async fn front_ends_addresses_and_logging_follow_tritons_flags() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("nothing would serve inference"), "{err}");
+    // TLS without its files is refused, naming the flag (tests/tls.rs serves over TLS).
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "serve",
+            "--grpc-use-ssl",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--model-repository",
+            repo.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--grpc-server-cert is required with TLS"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
