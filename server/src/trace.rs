@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +97,8 @@ impl State {
 pub struct Tracer {
     state: Mutex<State>,
     next_id: AtomicU64,
+    /// Whether any setting traces at all: requests skip the lock while none does.
+    active: AtomicBool,
 }
 
 /// A request being traced.
@@ -121,13 +123,27 @@ pub struct Phases {
 
 impl Tracer {
     pub fn new(global: TraceSettings) -> Self {
+        let state = State {
+            global,
+            ..State::default()
+        };
+        let active = AtomicBool::new(Self::any_active(&state));
         Tracer {
-            state: Mutex::new(State {
-                global,
-                ..State::default()
-            }),
+            state: Mutex::new(state),
             next_id: AtomicU64::new(1),
+            active,
         }
+    }
+
+    /// Whether the global setting or any model's traces (a file is set, the level is
+    /// TIMESTAMPS and the count is not spent).
+    fn any_active(state: &State) -> bool {
+        let traces = |s: &TraceSettings| s.timestamps && s.count != 0 && !s.file.is_empty();
+        traces(&state.global)
+            || state
+                .models
+                .keys()
+                .any(|m| traces(&Self::effective(state, Some(m)).0))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -202,11 +218,16 @@ impl Tracer {
                 }
             }
         }
+        self.active
+            .store(Self::any_active(&state), Ordering::Relaxed);
         Ok(Self::effective(&state, model).0)
     }
 
     /// Whether to trace a request to `model` now; counts it towards the rate either way.
     pub fn sample(&self, model: &str) -> Option<Trace> {
+        if !self.active.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut state = self.lock();
         let (settings, owner) = Self::effective(&state, Some(model));
         if !settings.timestamps || settings.count == 0 || settings.file.is_empty() {
@@ -226,6 +247,10 @@ impl Tracer {
                         o.count = Some(left);
                     }
                 }
+            }
+            if left == 0 {
+                self.active
+                    .store(Self::any_active(&state), Ordering::Relaxed);
             }
         }
         Some(Trace {
