@@ -96,6 +96,12 @@ pub const TRITON: Suite = Suite {
     title: "differential tests against Triton",
     kind: Kind::Tool,
 };
+/// Prometheus and promtool (Debian's package) against the alert rules and a live server.
+pub const PROMETHEUS: Suite = Suite {
+    id: "prometheus",
+    title: "Prometheus alert rules",
+    kind: Kind::Tool,
+};
 /// Anything that needs a CUDA GPU.
 pub const GPU: Suite = Suite {
     id: "gpu",
