@@ -3,7 +3,9 @@
 //! series that should fire it and stays quiet on healthy ones); then a real Prometheus scrapes a
 //! real Nereid, with a monitored model that has closed a drift window and has feedback, and
 //! evaluates every rule against it: each loads, evaluates without error, and each metric it
-//! reads has data. Prometheus and promtool come from Debian's package (server/ci/prometheus.sh).
+//! reads has data. The Grafana dashboards (deploy/grafana/dashboards) are checked for form and
+//! every panel query is run against the same Prometheus. Prometheus and promtool come from
+//! Debian's package (server/ci/prometheus.sh).
 
 mod common;
 
@@ -166,5 +168,59 @@ async fn alert_rules_check_and_evaluate_against_a_live_server() {
             "NereidMonitorDroppingSamples"
         ]
     );
+
+    // The dashboards: well formed, and every panel's query returns data from this server, but
+    // for the panels that need what this machine lacks (a GPU) or a setting the test server does
+    // not use (--triggers).
+    let needs_more = [
+        "nv_gpu_utilization",
+        "nv_gpu_memory_used_bytes",
+        "nereid_trigger_fired_total",
+    ];
+    for file in ["serving.json", "lifecycle.json"] {
+        let path = Path::new(DEPLOY).join("../grafana/dashboards").join(file);
+        let dashboard: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("dashboard")).expect("JSON");
+        assert!(
+            dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+            "{file}"
+        );
+        assert!(
+            dashboard["uid"].as_str().is_some_and(|u| !u.is_empty()),
+            "{file}"
+        );
+        let panels = dashboard["panels"].as_array().expect("panels");
+        let mut ids = std::collections::BTreeSet::new();
+        for panel in panels {
+            assert!(
+                ids.insert(panel["id"].as_u64().expect("id")),
+                "{file}: duplicate id"
+            );
+            assert_eq!(
+                panel["datasource"]["uid"], "prometheus",
+                "{file}: {}",
+                panel["title"]
+            );
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{file}: {}", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().expect("expr");
+                if needs_more.iter().any(|m| expr.contains(m)) {
+                    continue;
+                }
+                // Grafana's variables, as Grafana would expand them for "All".
+                let expr = expr
+                    .replace("$model", ".*")
+                    .replace("$__rate_interval", "1m");
+                let data = wait_for(&expr, Duration::from_secs(60), async || {
+                    query(&client, &prometheus, &expr)
+                        .await
+                        .filter(|r| !r.is_empty())
+                })
+                .await;
+                assert!(!data.is_empty(), "{file}: {expr}");
+            }
+        }
+    }
     server.shutdown().await.expect("clean shutdown");
 }
