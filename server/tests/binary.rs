@@ -28,6 +28,24 @@ async fn ports(file: &Path) -> Value {
     .await
 }
 
+/// An HTTP client, once the server on `http` (a port on loopback) answers ready.
+async fn ready_client(http: u64) -> reqwest::Client {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    wait_for("ready", Duration::from_secs(60), async || {
+        let r = client
+            .get(format!("http://127.0.0.1:{http}/v2/health/ready"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    client
+}
+
 fn identity_request(values: usize) -> Value {
     json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, values],
                        "data": vec![1.0; values]}]})
@@ -70,16 +88,8 @@ async fn serve_takes_every_setting_from_the_environment() {
     let doc = ports(&port_file).await;
     let port = |name: &str| doc[name].as_u64().filter(|p| *p > 0).expect("a bound port");
     let (http, grpc, metrics) = (port("http"), port("grpc"), port("metrics"));
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let client = ready_client(http).await;
     let url = |path: &str| format!("http://127.0.0.1:{http}{path}");
-    wait_for("ready", Duration::from_secs(60), async || {
-        let r = client.get(url("/v2/health/ready")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
 
     // Explicit control: only the model named in NEREID_LOAD_MODEL is loaded (the index is
     // part of the restricted repository API).
@@ -361,16 +371,8 @@ async fn front_ends_addresses_and_logging_follow_tritons_flags() {
     let doc = ports(&port_file).await;
     assert!(doc["grpc"].is_null() && doc["metrics"].is_null(), "{doc}");
     let http = doc["http"].as_u64().expect("an HTTP port");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let client = ready_client(http).await;
     let url = |path: &str| format!("http://127.0.0.1:{http}{path}");
-    wait_for("ready", Duration::from_secs(60), async || {
-        let r = client.get(url("/v2/health/ready")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
     // Both models loaded (two at a time); --log-verbose 1 is the logging extension's level 1.
     let index: Value = client
         .post(url("/v2/repository/index"))
