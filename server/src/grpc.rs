@@ -495,10 +495,7 @@ impl GrpcInferenceService for GrpcService {
                 "log_verbose_level",
                 setting(Out::Uint32Param(now.verbose_level)),
             ),
-            (
-                "log_format",
-                setting(Out::StringParam(crate::logging::LOG_FORMAT.into())),
-            ),
+            ("log_format", setting(Out::StringParam(now.format.into()))),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

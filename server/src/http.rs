@@ -171,6 +171,12 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
             Err(WrongMethod)
         }
     };
+    // A settings endpoint: GET reads them, POST changes them.
+    let read_or_change = |route: &dyn Fn(bool) -> Route| match *method {
+        Method::GET => Ok(Some(route(false))),
+        Method::POST => Ok(Some(route(true))),
+        _ => Err(WrongMethod),
+    };
     let model = |segments: &[&str]| -> Option<(String, String, Option<String>)> {
         // [m] | [m, op] | [m, versions, v] | [m, versions, v, op]
         let name = decode(segments.first()?);
@@ -208,36 +214,18 @@ fn parse_route(method: &Method, path: &str) -> Result<Option<Route>, WrongMethod
                 _ => Ok(None),
             }
         }
-        ["v2", "trace", "setting"] => match *method {
-            Method::GET => Ok(Some(Route::TraceSetting {
-                model: None,
-                update: false,
-            })),
-            Method::POST => Ok(Some(Route::TraceSetting {
-                model: None,
-                update: true,
-            })),
-            _ => Err(WrongMethod),
-        },
+        ["v2", "trace", "setting"] => read_or_change(&|update| Route::TraceSetting {
+            model: None,
+            update,
+        }),
         ["v2", "models", m, "trace", "setting"] if !m.is_empty() => {
             let model = Some(decode(m));
-            match *method {
-                Method::GET => Ok(Some(Route::TraceSetting {
-                    model,
-                    update: false,
-                })),
-                Method::POST => Ok(Some(Route::TraceSetting {
-                    model,
-                    update: true,
-                })),
-                _ => Err(WrongMethod),
-            }
+            read_or_change(&|update| Route::TraceSetting {
+                model: model.clone(),
+                update,
+            })
         }
-        ["v2", "logging"] => match *method {
-            Method::GET => Ok(Some(Route::Logging { update: false })),
-            Method::POST => Ok(Some(Route::Logging { update: true })),
-            _ => Err(WrongMethod),
-        },
+        ["v2", "logging"] => read_or_change(&|update| Route::Logging { update }),
         ["v2", "cudasharedmemory", "status"] => get(Route::CudaSharedMemoryStatus(None)),
         ["v2", "cudasharedmemory", "register"] => post(Route::CudaSharedMemoryRegister(None)),
         ["v2", "cudasharedmemory", "unregister"] => post(Route::CudaSharedMemoryUnregister),
@@ -457,7 +445,7 @@ async fn route(state: &HttpState, request: Request<Body>) -> Result<Response, Er
                 "log_warning": settings.warning,
                 "log_error": settings.error,
                 "log_verbose_level": settings.verbose_level,
-                "log_format": crate::logging::LOG_FORMAT,
+                "log_format": settings.format,
             });
             json_response(StatusCode::OK, body.to_string())
         }
@@ -601,13 +589,20 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
     serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode JSON: {e}")))
 }
 
+/// A request body that may be empty (then an empty object) or else must be JSON.
+fn optional_json(body: &[u8]) -> Result<serde_json::Value, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}")))
+}
+
 /// The `parameters` object of a repository request body (empty body: no parameters).
 fn request_parameters(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Default::default());
-    }
-    let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}")))?;
+    let serde_json::Value::Object(mut value) = optional_json(body)? else {
+        return Err(Error::invalid_arg("the request body must be a JSON object"));
+    };
     match value.remove("parameters") {
         None => Ok(Default::default()),
         Some(serde_json::Value::Object(map)) => Ok(map),
@@ -656,13 +651,8 @@ fn stats_response(message: &ModelStatisticsResponse) -> Response {
 }
 
 fn repository_index(infer: &Infer, body: &[u8]) -> Result<Response, Error> {
-    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
-        false
-    } else {
-        let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
-            .map_err(|e| {
-                Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}"))
-            })?;
+    let ready_only = {
+        let value = optional_json(body)?;
         match value.get("ready") {
             None => false,
             Some(serde_json::Value::Bool(b)) => *b,
@@ -821,13 +811,7 @@ async fn infer_route(
 /// A trace extension request body: settings as strings (`trace_level` as an array of them),
 /// `null` returning a model's setting to the global value.
 fn trace_update(body: &[u8]) -> Result<crate::trace::TraceUpdate, Error> {
-    let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::Value::Object(Default::default())
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}"))
-        })?
-    };
+    let json = optional_json(body)?;
     let levels = match json.get("trace_level") {
         None => None,
         Some(serde_json::Value::Null) => Some(None),
@@ -862,13 +846,7 @@ fn trace_update(body: &[u8]) -> Result<crate::trace::TraceUpdate, Error> {
 
 /// A logging extension request body: each known setting optional, `null` meaning unchanged.
 fn log_update(body: &[u8]) -> Result<crate::logging::LogUpdate, Error> {
-    let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::Value::Object(Default::default())
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}"))
-        })?
-    };
+    let json = optional_json(body)?;
     let field = |name: &str| json.get(name).filter(|v| !v.is_null());
     let flag = |name: &str| {
         field(name)
@@ -907,8 +885,7 @@ fn log_update(body: &[u8]) -> Result<crate::logging::LogUpdate, Error> {
 
 /// The body of a shared-memory register request: `key`, `byte_size` and an optional `offset`.
 fn register_request(body: &[u8]) -> Result<(String, u64, u64), Error> {
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}")))?;
+    let json = optional_json(body)?;
     let key = match json.get("key") {
         None => {
             return Err(Error::invalid_arg(

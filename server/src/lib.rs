@@ -326,22 +326,20 @@ pub async fn start(
         .transpose()
         .map_err(|e| anyhow::anyhow!("gRPC TLS: {e}"))?;
     let http_server = http_listener.map(|listener| {
-        connections::serve(
-            listener,
-            http::router(http::HttpState {
-                infer: infer.clone(),
-                max_input_size: config.http_max_input_size,
-                body_timeout: config.http_body_timeout,
-                restrictions: Arc::new(http_restrictions),
-            })
-            .layer(access_log::AccessLogLayer {
-                enabled: config.access_log,
+        let mut router = http::router(http::HttpState {
+            infer: infer.clone(),
+            max_input_size: config.http_max_input_size,
+            body_timeout: config.http_body_timeout,
+            restrictions: Arc::new(http_restrictions),
+        });
+        // Only when asked: the layer boxes every response future.
+        if config.access_log {
+            router = router.layer(access_log::AccessLogLayer {
+                enabled: true,
                 protocol: "http",
-            }),
-            config.http_limits,
-            http_tls,
-            stopped(),
-        )
+            });
+        }
+        connections::serve(listener, router, config.http_limits, http_tls, stopped())
     });
     let grpc_limits = config.grpc_limits;
     let mut grpc_builder = tonic::transport::Server::builder();

@@ -5,9 +5,10 @@
 //! `log_warning` and `log_info` switch those levels on, and `log_verbose_level` 1 adds debug
 //! messages, 2 and above trace messages. The filter is applied through a hook that the binary
 //! installs (a reloadable filter layer); without one (a server embedded in tests), the settings
-//! are kept and reported but change nothing. Log lines always carry ISO 8601 (RFC 3339)
-//! timestamps and go to stderr, so `log_format` is `ISO8601` and `log_file` is empty; requests
-//! to change either are refused, as Triton refuses to move its log file.
+//! are kept and reported but change nothing. Log lines go to stderr, as text with ISO 8601
+//! (RFC 3339) timestamps (`log_format` `ISO8601`) or as JSON (`json`), chosen by `--log-format`
+//! at start; `log_file` is empty. Requests to change either are refused, as Triton refuses to
+//! move its log file.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,8 @@ pub struct LogSettings {
     pub warning: bool,
     pub error: bool,
     pub verbose_level: u32,
+    /// The form of the log lines (`--log-format`): [`LOG_FORMAT`] or `json`; fixed at start.
+    pub format: &'static str,
 }
 
 impl Default for LogSettings {
@@ -44,11 +47,12 @@ impl Default for LogSettings {
             warning: true,
             error: true,
             verbose_level: 0,
+            format: LOG_FORMAT,
         }
     }
 }
 
-/// What `log_format` reports and accepts.
+/// The text form of log lines, as `log_format` reports it (lines with ISO 8601 timestamps).
 pub const LOG_FORMAT: &str = "ISO8601";
 
 impl LogSettings {
@@ -76,7 +80,7 @@ impl LogSettings {
                 info: false,
                 warning: false,
                 error: false,
-                verbose_level: 0,
+                ..all
             },
             _ => return None,
         })
@@ -132,14 +136,15 @@ impl LogControl {
                 "log file location can not be updated through network protocol",
             ));
         }
+        let mut settings = self.settings.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(format) = update.format.as_deref() {
-            if format != LOG_FORMAT {
+            if format != settings.format {
                 return Err(Error::unsupported(format!(
-                    "invalid argument for --log_format, got: {format} (this server's log lines always carry {LOG_FORMAT} timestamps)"
+                    "invalid argument for --log_format, got: {format} (this server's log lines are {}, set by --log-format at start)",
+                    settings.format
                 )));
             }
         }
-        let mut settings = self.settings.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = *settings;
         next.info = update.info.unwrap_or(next.info);
         next.warning = update.warning.unwrap_or(next.warning);

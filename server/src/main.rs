@@ -566,6 +566,9 @@ fn main() -> ExitCode {
                 let mut config: nereid_server::ServeConfig = (*args).into();
                 config.log_settings =
                     nereid_server::logging::LogSettings::from_level(&level).unwrap_or_default();
+                if json {
+                    config.log_settings.format = "json";
+                }
                 config.log_hook = Some(log_hook);
                 let server = nereid_server::start(config, nereid_server::shutdown_signal()).await?;
                 server.wait().await

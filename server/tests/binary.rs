@@ -398,6 +398,7 @@ async fn front_ends_addresses_and_logging_follow_tritons_flags() {
         .await
         .expect("json");
     assert_eq!(logging["log_verbose_level"], 1, "{logging}");
+    assert_eq!(logging["log_format"], "json", "{logging}");
     // Every log line is a JSON object, and the access log names each request.
     let text = wait_for("the access log line", Duration::from_secs(10), async || {
         let text = std::fs::read_to_string(&log).ok()?;
